@@ -1,0 +1,65 @@
+"""Local store of models made in the playground (fine-tuned, quantized): folders with a card."""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from core.paths import cache_dir
+
+CARD = "playground_card.json"
+
+
+@dataclass
+class ModelCard:
+    name: str
+    task: str  # a core.registry task
+    base_model: str
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
+    data_hash: str = ""
+    hyperparameters: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    path: Path
+    card: ModelCard
+
+    @property
+    def choice(self) -> tuple[str, str]:
+        return (f"★ {self.card.name} (fine-tuned from {self.card.base_model})", str(self.path))
+
+
+class ModelStore:
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root else cache_dir() / "models"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def new_folder(self, name: str) -> Path:
+        """A fresh folder for a model named `name` (made filesystem-safe, never overwriting)."""
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "model"
+        folder, n = self.root / safe, 1
+        while folder.exists():
+            n += 1
+            folder = self.root / f"{safe}-{n}"
+        folder.mkdir(parents=True)
+        return folder
+
+    @staticmethod
+    def write_card(folder: Path, card: ModelCard) -> None:
+        (Path(folder) / CARD).write_text(json.dumps(asdict(card), indent=2))
+
+    def list(self, task: str | None = None) -> list[StoredModel]:
+        models = []
+        for card_file in sorted(self.root.glob(f"*/{CARD}")):
+            try:
+                card = ModelCard(**json.loads(card_file.read_text()))
+            except (ValueError, TypeError):
+                continue  # a half-written or foreign card: not offered
+            if task is None or card.task == task:
+                models.append(StoredModel(card_file.parent, card))
+        return models

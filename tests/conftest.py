@@ -1,0 +1,102 @@
+"""Shared fixtures: tiny local models, an offline app launched once, and a headless Chromium page."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+# No hub access here or in CI: fail fast instead of retrying the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest
+
+from tests.tiny_models import build_bert, build_causal_lm
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Folders with tiny random gpt2, llama, phi and phi3 causal LMs (llama and phi3 have chat templates)."""
+    root = tmp_path_factory.mktemp("tiny_lms")
+    return {f: build_causal_lm(root / f, f) for f in ("gpt2", "llama", "phi", "phi3")}
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tmp_path_factory) -> Path:
+    return build_bert(tmp_path_factory.mktemp("tiny_cls"), ["negative", "positive"])
+
+
+@pytest.fixture(scope="session")
+def tiny_ner_dir(tmp_path_factory) -> Path:
+    return build_bert(tmp_path_factory.mktemp("tiny_ner"), ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"],
+                      token_level=True)
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory):
+    from core.model_manager import ModelManager
+    from core.model_store import ModelStore
+    from core.services import Services
+
+    return Services(manager=ModelManager(offline=True), store=ModelStore(tmp_path_factory.mktemp("store")))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_url(services):
+    """The whole app, offline, launched once for the gradio_client and browser tests."""
+    from ui.app import build_app, launch_options
+
+    # LLMPG_TABS=chat,explain builds a subset (handy while one tab is being worked on); CI builds all.
+    tabs = tuple(t for t in os.environ.get("LLMPG_TABS", "").split(",") if t)
+    demo = build_app(services, tabs) if tabs else build_app(services)
+    port = _free_port()
+    demo.queue(default_concurrency_limit=4).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                                                   quiet=True, **launch_options())
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="session")
+def client(app_url):
+    from gradio_client import Client
+
+    return Client(app_url, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-quic", "--no-first-run", "--disable-sync"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    """A fresh page (its own gradio session) on the launched app, 1400x1000."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.goto(app_url)
+    pg.wait_for_selector("gradio-app", timeout=30_000)
+    yield pg
+    context.close()
+
+
+@pytest.fixture(scope="session")
+def screenshot_dir() -> Path:
+    folder = ARTIFACTS / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -1,0 +1,1 @@
+"""Gradio layout and event wiring; all model work happens in core/."""

@@ -1,0 +1,55 @@
+"""The Blocks that hold every tab, built from the tab modules in this package."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+import gradio as gr
+
+from core.paths import assets_dir
+from core.services import Services
+
+# tab name -> (module with build_tab(shell), label). Order is the order on screen.
+TABS: dict[str, tuple[str, str]] = {
+    "chat": ("ui.chat_tab", "💬 Chat"),
+    "classify": ("ui.classify_tab", "🏷️ Classify & NER"),
+    "finetune": ("ui.finetune_tab", "🎓 Fine-tune"),
+    "quantize": ("ui.quantize_tab", "🗜️ Quantize"),
+    "explain": ("ui.explain_tab", "🔍 Explain"),
+    "bias": ("ui.bias_tab", "⚖️ Bias"),
+}
+
+
+@dataclass
+class Shell:
+    """What a tab builder gets: the shared services, the tab group, and the tabs built before it."""
+
+    services: Services
+    tabs: gr.Tabs
+    components: dict[str, dict[str, gr.Component]] = field(default_factory=dict)
+
+
+def header(services: Services) -> str:
+    mode = "offline (local and packaged models only)" if services.offline else "online (any Hugging Face model id)"
+    return (f"# 🧪 LLM Playground\nExplore open language models: chat, classify, fine-tune, quantize, explain and "
+            f"probe for bias. Running on **{services.manager.device.describe()}**, {mode}.")
+
+
+def build_app(services: Services, tabs: tuple[str, ...] = tuple(TABS)) -> gr.Blocks:
+    unknown = set(tabs) - set(TABS)
+    if unknown:
+        raise ValueError(f"unknown tabs {sorted(unknown)}; choose from {list(TABS)}")
+    with gr.Blocks(title="LLM Playground") as demo:
+        gr.Markdown(header(services))
+        with gr.Tabs() as tab_group:
+            shell = Shell(services, tab_group)
+            for name in (t for t in TABS if t in tabs):
+                module, label = TABS[name]
+                with gr.Tab(label, id=name):
+                    shell.components[name] = importlib.import_module(module).build_tab(shell)
+    return demo
+
+
+def launch_options() -> dict:
+    """Theme and CSS go to launch() in gradio 6."""
+    return {"theme": gr.themes.Soft(primary_hue="indigo"), "css_paths": [assets_dir() / "style.css"]}
