@@ -10,7 +10,6 @@ DEV_STAMP := $(VENV)/.dev-installed
 
 $(STAMP): requirements.txt requirements-offline.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: the CPU wheel (an unpinned torch pulls a multi-GB CUDA build)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -r requirements.txt

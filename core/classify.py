@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from core.ood import DEFAULT_THRESHOLD, Confidence, confidence
+
 
 @dataclass(frozen=True)
 class ClassProbabilities:
@@ -34,3 +36,77 @@ def predict_proba(model, tokenizer, texts: list[str], batch_size: int = 32, max_
         rows.append(torch.softmax(model(**batch).logits.float(), dim=-1).cpu().numpy())
     probs = np.concatenate(rows) if rows else np.zeros((0, len(class_labels(model))))
     return ClassProbabilities(class_labels(model), probs)
+
+
+class TextInputError(ValueError):
+    """The text to label cannot be used as given; the message says why."""
+
+
+def check_text(text: str | None) -> str:
+    text = (text or "").strip()
+    if not text:
+        raise TextInputError("The text is empty: type or paste something to analyse.")
+    return text
+
+
+def model_max_length(tokenizer, model=None) -> int:
+    """Tokens the model can read: the tokenizer's limit, capped by the position table (tokenizers often say 1e30)."""
+    limit = min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return min(limit, positions) if positions else limit
+
+
+def fit_to_model(tokenizer, text: str, max_length: int) -> tuple[str, str | None]:
+    """The part of `text` the model can read, and a notice saying what was cut (None when nothing was)."""
+    n_tokens = len(tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
+    if n_tokens <= max_length:
+        return text, None
+    if tokenizer.is_fast:
+        kept = tokenizer(text, truncation=True, max_length=max_length, return_offsets_mapping=True)
+        cut = max(end for _start, end in kept["offset_mapping"])
+        seen = f"the first {cut:,} of {len(text):,} characters"
+    else:  # slow tokenizers have no character offsets: keep a share of the characters instead
+        cut = len(text) * max_length // n_tokens
+        seen = f"about the first {cut:,} of {len(text):,} characters"
+    return text[:cut], (f"The text is {n_tokens:,} tokens long but this model reads at most {max_length}: "
+                        f"only {seen} were used.")
+
+
+class SequenceClassifier:
+    """A transformers sequence classifier behind the same `predict(texts)` as the zero-shot classifiers."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_length = model_max_length(tokenizer, model)
+
+    @property
+    def labels(self) -> list[str]:
+        return class_labels(self.model)
+
+    def predict(self, texts: list[str]) -> ClassProbabilities:
+        return predict_proba(self.model, self.tokenizer, texts, max_length=self.max_length)
+
+
+@dataclass(frozen=True)
+class ClassificationResult:
+    text: str
+    probs: ClassProbabilities  # one row
+    confidence: Confidence
+    notice: str | None  # e.g. the text was truncated
+
+    @property
+    def label(self) -> str:
+        return self.probs.top(0)[0]
+
+    def ranked(self) -> list[tuple[str, float]]:
+        """(label, probability) pairs, most likely first."""
+        row = self.probs.probs[0]
+        return sorted(zip(self.probs.labels, map(float, row)), key=lambda pair: -pair[1])
+
+
+def classify_text(classifier, text: str, threshold: float = DEFAULT_THRESHOLD) -> ClassificationResult:
+    """Label one text with any object that has `predict(texts)`, `tokenizer` and `max_length`."""
+    text = check_text(text)
+    kept, notice = fit_to_model(classifier.tokenizer, text, classifier.max_length)
+    probs = classifier.predict([kept])
+    return ClassificationResult(text, probs, confidence(probs.probs[0], threshold), notice)

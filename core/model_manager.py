@@ -117,7 +117,8 @@ class ModelManager:
             try:
                 return Resolved(model_id, str(offline_folder(model_id, progress)), "offline package")
             except FileNotFoundError as err:
-                raise ModelLoadError(f"Offline model '{model_id}' is unavailable: {err}") from err
+                if self.offline:  # online (e.g. a Space without the packages), the hub copy is next
+                    raise ModelLoadError(f"Offline model '{model_id}' is unavailable: {err}") from err
         if self.offline or "/" not in model_id and not find_preset(model_id):
             where = "offline mode is on" if self.offline else "it is not a folder on this machine"
             raise ModelLoadError(f"Cannot load '{model_id}': {where}. Offline choices: {offline_choices()}.")

@@ -32,6 +32,7 @@ class OfflineModel:
 OFFLINE_MODELS: dict[str, OfflineModel] = {
     DEFAULT_CHAT_MODEL: OfflineModel(DEFAULT_CHAT_MODEL, "core.offline:convert_smollm2", "smollm2-135m-instruct"),
     OFFLINE_ENCODER: OfflineModel(OFFLINE_ENCODER, "core.offline:minilm_folder"),
+    "llm-playground/minilm-sentiment": OfflineModel("llm-playground/minilm-sentiment", "core.default_classifier:build", "minilm-sentiment"),
 }
 
 

@@ -45,11 +45,13 @@ PRESETS: tuple[ModelPreset, ...] = (
     ModelPreset("distilbert/distilbert-base-uncased", "DistilBERT base uncased", "bert", ENCODER, params_b=0.066),
     ModelPreset("google-bert/bert-base-uncased", "BERT base uncased", "bert", ENCODER, params_b=0.11),
     # Classifiers
+    ModelPreset("llm-playground/minilm-sentiment", "MiniLM sentiment (built from assets/sentiment_reviews.csv)", "bert", TEXT_CLASSIFICATION, offline=True, params_b=0.023),
     ModelPreset("distilbert/distilbert-base-uncased-finetuned-sst-2-english", "DistilBERT SST-2 sentiment", "bert", TEXT_CLASSIFICATION, params_b=0.066),
     ModelPreset("cardiffnlp/twitter-roberta-base-sentiment-latest", "Twitter RoBERTa sentiment", "roberta", TEXT_CLASSIFICATION, params_b=0.125),
     ModelPreset("facebook/bart-large-mnli", "BART large MNLI (zero-shot)", "bart", ZERO_SHOT, params_b=0.407),
     ModelPreset("typeform/distilbert-base-uncased-mnli", "DistilBERT MNLI (zero-shot)", "bert", ZERO_SHOT, params_b=0.066),
     # NER
+    ModelPreset("spacy/en_core_web_sm", "spaCy en_core_web_sm NER", "spacy", TOKEN_CLASSIFICATION, offline=True, params_b=0.012),
     ModelPreset("dslim/bert-base-NER", "BERT base NER (CoNLL-2003)", "bert", TOKEN_CLASSIFICATION, params_b=0.108),
 )
 

@@ -1,0 +1,64 @@
+"""Compare compressed variants of the offline SmolLM2-135M-Instruct: size, speed and quality against fp32.
+
+    PYTHONPATH=. .venv/bin/python bench/quantize_compare.py [--variants fp32,int8-dynamic,...] [--tokens 2048]
+
+Prints the full table, then int8-dynamic's serialized size and decode speed next to fp32, measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default="fp32,bf16,fp16,int8-dynamic,bnb-int8,bnb-nf4,torchao-int8,torchao-int4,"
+                                              "pruned,low-rank")
+    parser.add_argument("--tokens", type=int, default=2048, help="evaluation tokens of assets/eval_text.txt")
+    parser.add_argument("--sparsity", type=float, default=0.3)
+    parser.add_argument("--rank", type=int, default=256)
+    args = parser.parse_args()
+    if not (ROOT.parent / "shared" / "data").is_dir():
+        print("../shared/data is absent: benchmarks run only on the team's benchmark machine; nothing measured.")
+        return 0
+
+    import pandas as pd
+
+    from core.device import configure_threads
+    from core.model_manager import ModelManager
+    from core.quantize import CompressionOptions
+    from core.quantize_metrics import EvalSettings, compare_variants
+    from core.registry import CAUSAL_LM, DEFAULT_CHAT_MODEL
+
+    threads = configure_threads(2)
+    base = ModelManager(offline=True).load(DEFAULT_CHAT_MODEL, CAUSAL_LM, precision="fp32")
+    text = (ROOT / "assets" / "eval_text.txt").read_text(encoding="utf-8")
+    runs = compare_variants(base.model_id, CAUSAL_LM, base.model, base.tokenizer, args.variants.split(","), text,
+                            CompressionOptions(args.sparsity, args.rank), EvalSettings(max_eval_tokens=args.tokens),
+                            progress=lambda _f, msg: print(msg, file=sys.stderr, flush=True))
+    for comparison in runs:
+        pass
+    pd.set_option("display.width", 250)
+    pd.set_option("display.max_columns", 30)
+    pd.set_option("display.max_colwidth", 60)
+    print(f"SmolLM2-135M-Instruct, {comparison.eval_tokens} tokens of assets/eval_text.txt, {threads} threads, CPU")
+    print(comparison.frame().drop(columns=["description"]).to_string(index=False))
+    rows = {r.variant: r for r in comparison.ok()}
+    if "int8-dynamic" in rows:
+        fp32, int8 = rows["fp32"], rows["int8-dynamic"]
+        print(f"serialized size: int8-dynamic {int8.size_mb:.1f} MiB | fp32 {fp32.size_mb:.1f} MiB | "
+              f"ratio {fp32.size_mb / int8.size_mb:.2f}x smaller")
+        print(f"decode speed:    int8-dynamic {int8.decode_tok_s:.1f} tok/s | fp32 {fp32.decode_tok_s:.1f} tok/s | "
+              f"ratio {int8.decode_tok_s / fp32.decode_tok_s:.2f}")
+        print(f"perplexity:      int8-dynamic {int8.perplexity:.3f} | fp32 {fp32.perplexity:.3f}; "
+              f"top-1 agreement {int8.top1_agreement:.1%}, mean KL {int8.mean_kl:.4f} nats")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

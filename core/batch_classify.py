@@ -1,0 +1,107 @@
+"""Label many texts at once from an uploaded CSV (one column holds the text) or TXT (one text a line)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from core.ood import DEFAULT_THRESHOLD, normalised_entropy
+from core.stopping import StopFlag
+from core.uploads import UploadError, read_table, require_columns
+
+MAX_ROWS = 2_000
+MAX_BYTES = 5 * 2**20
+CHUNK = 16  # texts per forward pass; also how often progress is reported and the stop flag checked
+LIMITS = (f"Up to {MAX_ROWS:,} rows and {MAX_BYTES // 2**20} MiB per file. CSV: pick the column that holds the text. "
+          f"TXT: one text per line. Long texts are truncated to the model's length.")
+TEXT_COLUMN_HINTS = ("text", "sentence", "review", "content", "body", "comment", "message")
+
+
+@dataclass(frozen=True)
+class BatchInput:
+    frame: pd.DataFrame
+    columns: list[str]
+    suggested_column: str
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    table: pd.DataFrame  # text, label, confidence, low_confidence, one column per class
+    stopped: bool
+    skipped_empty: int
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{label}: {n}" for label, n in self.table["label"].value_counts().items())
+        low = int(self.table["low_confidence"].sum()) if len(self.table) else 0
+        parts = [f"Labelled {len(self.table):,} texts ({counts or 'none'}); {low} flagged low confidence."]
+        if self.skipped_empty:
+            parts.append(f"{self.skipped_empty} empty rows were skipped.")
+        if self.stopped:
+            parts.append("Stopped early: the table holds the rows done so far.")
+        return " ".join(parts)
+
+
+def read_batch(path: str | Path) -> BatchInput:
+    """Read an upload under the batch limits and guess which column holds the text."""
+    path = Path(path)
+    if path.suffix.lower() not in (".csv", ".txt"):
+        raise UploadError(f"{path.name}: batch labelling takes a .csv or a .txt file.")
+    frame = read_table(path, max_bytes=MAX_BYTES, max_rows=MAX_ROWS)
+    columns = [str(c) for c in frame.columns]
+    if not columns or frame.empty:
+        raise UploadError(f"{path.name} has no rows to label.")
+    return BatchInput(frame, columns, suggest_text_column(frame))
+
+
+def suggest_text_column(frame: pd.DataFrame) -> str:
+    """A column named like text, else the one with the longest strings on average."""
+    for column in frame.columns:
+        if str(column).strip().lower() in TEXT_COLUMN_HINTS:
+            return str(column)
+    lengths = {str(c): frame[c].astype(str).str.len().mean() for c in frame.columns}
+    return max(lengths, key=lengths.get)
+
+
+def texts_from(frame: pd.DataFrame, column: str | None) -> tuple[list[str], int]:
+    """The non-empty texts of one column, and how many empty ones were dropped."""
+    if not column:
+        raise UploadError("Choose the column that holds the text.")
+    require_columns(frame, [column], "the uploaded file")
+    values = frame[column].fillna("").astype(str).str.strip()
+    kept = values[values != ""].tolist()
+    if not kept:
+        raise UploadError(f"Column '{column}' has no text in it.")
+    return kept, len(values) - len(kept)
+
+
+def classify_batch(classifier, texts: list[str], threshold: float = DEFAULT_THRESHOLD,
+                   progress: Callable[[float, str], None] | None = None, stop: StopFlag | None = None,
+                   skipped_empty: int = 0) -> BatchResult:
+    """Run `classifier.predict` over the texts in chunks, reporting progress and honouring the stop flag."""
+    report = progress or (lambda *_: None)
+    rows, labels, stopped = [], None, False
+    for start in range(0, len(texts), CHUNK):
+        if stop is not None and stop.stopped:
+            stopped = True
+            break
+        chunk = texts[start:start + CHUNK]
+        probs = classifier.predict(chunk)
+        labels = probs.labels
+        for text, row in zip(chunk, probs.probs):
+            top = int(np.argmax(row))
+            rows.append({"text": text, "label": labels[top], "confidence": round(float(row[top]), 4),
+                         "entropy": round(normalised_entropy(row), 4), "low_confidence": bool(row[top] < threshold),
+                         **{f"p({name})": round(float(p), 4) for name, p in zip(labels, row)}})
+        done = min(start + CHUNK, len(texts))
+        report(done / len(texts), f"Labelled {done:,} of {len(texts):,} texts")
+    return BatchResult(pd.DataFrame(rows), stopped, skipped_empty)
+
+
+def save_results(table: pd.DataFrame, folder: Path, name: str = "classified.csv") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    table.to_csv(path, index=False)
+    return path

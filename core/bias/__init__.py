@@ -1,0 +1,1 @@
+"""Bias probes: counterfactual templates, paired sentences, generations, fairness metrics, and their report."""

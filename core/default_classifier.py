@@ -1,0 +1,89 @@
+"""The offline default sentiment classifier: the shipped all-MiniLM-L6-v2 encoder fine-tuned on the team's reviews.
+
+Built once on first use (about a minute on two CPU cores) from `assets/sentiment_reviews.csv` and
+saved as a standard transformers sequence-classification folder (safetensors + tokenizer, labels
+negative/positive), so every tab loads it like any hub classifier. Training is seeded and runs
+single-threaded-deterministic ops only, so two builds give the same weights on the same machine.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core.offline import minilm_folder
+from core.paths import assets_dir
+
+LABELS = ["negative", "positive"]
+DATA_FILE = "sentiment_reviews.csv"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 3
+    batch_size: int = 16
+    learning_rate: float = 5e-5
+    max_length: int = 64  # the reviews are short; padding to 64 keeps a step cheap
+    seed: int = 13
+
+
+def read_reviews(path: Path | None = None) -> tuple[list[str], list[int]]:
+    frame = pd.read_csv(path or assets_dir() / DATA_FILE)
+    unknown = set(frame["label"]) - set(LABELS)
+    if unknown:
+        raise ValueError(f"{DATA_FILE} has labels {sorted(unknown)}; expected {LABELS}")
+    return frame["text"].astype(str).tolist(), [LABELS.index(label) for label in frame["label"]]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def build(out: Path, progress: Callable[[float, str], None] | None = None,
+          settings: TrainSettings = TrainSettings(), data: Path | None = None) -> None:
+    """Fine-tune the MiniLM encoder plus a new 2-class head on the team's reviews and save it to `out`."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    report = progress or (lambda *_: None)
+    generator = seed_everything(settings.seed)
+    texts, labels = read_reviews(data)
+    encoder = minilm_folder(None)
+    report(0.02, "Building the offline sentiment classifier (first use only): loading the MiniLM encoder")
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        encoder, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)})
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
+    targets = torch.tensor(labels)
+    steps_per_epoch = -(-len(texts) // settings.batch_size)
+    total = settings.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / total)
+    model.train()
+    step = 0
+    for epoch in range(settings.epochs):
+        order = torch.randperm(len(texts), generator=generator)
+        for start in range(0, len(texts), settings.batch_size):
+            idx = order[start:start + settings.batch_size]
+            batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=settings.max_length,
+                              return_tensors="pt")
+            loss = model(**batch, labels=targets[idx]).loss
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            if step % 5 == 0 or step == total:
+                report(0.05 + 0.9 * step / total,
+                       f"Training the sentiment head: epoch {epoch + 1}/{settings.epochs}, loss {loss.item():.3f}")
+    model.eval()
+    report(0.97, "Saving the sentiment classifier to the local cache")
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    report(1.0, "Offline sentiment classifier ready")

@@ -1,0 +1,1 @@
+"""Fine-tuning: data preparation, the three training tasks, background jobs and sharing the result."""

@@ -1,0 +1,157 @@
+"""One fine-tuning run: load a fresh copy of the base model, train with transformers' Trainer, score, save.
+
+The run reports through TrainingProgress and obeys a StopFlag, so it can live on a background thread
+(core.finetune.jobs) while a UI polls it.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from core.finetune.data import DataSplit
+from core.finetune.metrics import Metrics
+from core.finetune.progress import BestWeightsCallback, LiveCallback, TrainingProgress
+from core.finetune.tasks import FineTuneTask, Hyperparameters, make_task
+from core.model_store import ModelCard, ModelStore
+from core.stopping import StopFlag
+
+# Architectures whose usual LoRA targets peft does not list.
+EXTRA_LORA_TARGETS = {"phi3": ["qkv_proj", "o_proj"], "distilbert": ["q_lin", "v_lin"]}
+
+
+@dataclass(frozen=True)
+class FineTuneSpec:
+    task: str  # core.registry TEXT_CLASSIFICATION | CAUSAL_LM | TOKEN_CLASSIFICATION
+    base_model: str  # hub id, offline id or local folder
+    data: DataSplit
+    hyper: Hyperparameters
+    name: str = ""  # model store folder name; empty: derived from the base model
+
+    def store_name(self) -> str:
+        return self.name.strip() or f"{Path(self.base_model).name}-{self.task}"
+
+
+@dataclass(frozen=True)
+class FineTuneResult:
+    spec: FineTuneSpec
+    folder: Path  # where the model store keeps the trained model
+    metrics: Metrics  # on the validation data
+    extra_metrics: Metrics | None  # on the out-of-domain file, when given
+    trainable_params: int
+    total_params: int
+    steps: int
+    train_seconds: float
+    stopped: bool  # the user pressed Stop
+    early_stopped: bool  # patience ran out
+    best_step: int | None  # step whose weights were kept (None: the last)
+    card: ModelCard
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def apply_lora(model, hyper: Hyperparameters, task: FineTuneTask):
+    """Wrap `model` with a LoRA adapter; GPT-2's Conv1D layers store weights transposed (fan_in_fan_out)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
+
+    family = model.config.model_type
+    targets = [t.strip() for t in hyper.lora_targets.split(",") if t.strip()]
+    targets = targets or PEFT_TARGETS.get(family) or EXTRA_LORA_TARGETS.get(family)
+    if not targets:
+        raise ValueError(f"No default LoRA target modules for '{family}'; name them (e.g. q_proj,v_proj).")
+    config = LoraConfig(task_type=TaskType[task.peft_task], r=hyper.lora_r, lora_alpha=hyper.lora_alpha,
+                        lora_dropout=hyper.lora_dropout, target_modules=targets, fan_in_fan_out=family == "gpt2")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:  # e.g. a typed module name that the model lacks
+        raise ValueError(f"LoRA could not be applied to {family}: {str(err).splitlines()[0]}") from err
+
+
+def training_arguments(hyper: Hyperparameters, task: FineTuneTask, n_train: int, out_dir: str):
+    import torch
+    from transformers import TrainingArguments
+
+    steps_per_epoch = max(1, math.ceil(n_train / hyper.batch_size))
+    return TrainingArguments(
+        output_dir=out_dir, report_to=[], disable_tqdm=True, save_strategy="no",
+        learning_rate=hyper.learning_rate, num_train_epochs=hyper.epochs, weight_decay=hyper.weight_decay,
+        warmup_steps=hyper.warmup, per_device_train_batch_size=hyper.batch_size,
+        per_device_eval_batch_size=hyper.batch_size * 2, seed=hyper.seed, data_seed=hyper.seed,
+        eval_strategy="steps", eval_steps=max(1, steps_per_epoch // max(1, hyper.evals_per_epoch)),
+        logging_steps=max(1, steps_per_epoch // 10),
+        # EarlyStoppingCallback reads these; BestWeightsCallback keeps the weights (no checkpoints on disk)
+        metric_for_best_model=task.best_metric, greater_is_better=task.greater_is_better,
+        # similar lengths in a batch: less padding, the main cost of dynamic padding on a CPU
+        train_sampling_strategy="group_by_length",
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+
+
+def run_finetune(spec: FineTuneSpec, resolve_path, store: ModelStore, progress: TrainingProgress | None = None,
+                 stop: StopFlag | None = None) -> FineTuneResult:
+    """Train, evaluate (validation and out-of-domain) and save to the store.
+
+    `resolve_path(model_id) -> str` gives the folder or hub id to load (ModelManager.resolve(...).path), so
+    training always starts from a fresh copy and never touches a model other tabs are using.
+    """
+    from transformers import EarlyStoppingCallback, Trainer, set_seed
+
+    progress = progress or TrainingProgress()
+    stop = stop or StopFlag()
+    hyper, data = spec.hyper, spec.data
+    task = make_task(spec.task)
+    set_seed(hyper.seed)
+    progress.set_phase(f"Loading {spec.base_model}")
+    model, tokenizer = task.load(resolve_path(spec.base_model), data.train)
+    sets = {"eval": data.eval} | ({"extra": data.extra_eval} if data.extra_eval is not None else {})
+    progress.set_phase("Tokenizing")
+    encoded = {which: task.encode(tokenizer, ex, hyper.max_length) for which, ex in sets.items()}
+    train_rows = task.encode(tokenizer, data.train, hyper.max_length)
+    progress.set_phase("Scoring the untrained model")
+    task.before_training(model, tokenizer, sets, hyper.max_length)
+    if hyper.lora:
+        model = apply_lora(model, hyper, task)
+    trainable, total = count_parameters(model)
+    best = BestWeightsCallback(task.best_metric, task.greater_is_better)
+    callbacks = [LiveCallback(progress, stop), best]
+    early = EarlyStoppingCallback(early_stopping_patience=hyper.patience) if hyper.patience > 0 else None
+    if early:
+        callbacks.append(early)
+    with tempfile.TemporaryDirectory(prefix="finetune-") as out_dir:
+        trainer = Trainer(model=model, args=training_arguments(hyper, task, len(train_rows), out_dir),
+                          train_dataset=train_rows, eval_dataset=encoded["eval"], processing_class=tokenizer,
+                          data_collator=task.collator(tokenizer), compute_metrics=task.compute_metrics(),
+                          callbacks=callbacks)
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+        progress.set_phase("Evaluating the best weights")
+        metrics = {which: task.evaluate(trainer, tokenizer, sets[which], encoded[which], which, hyper.max_length)
+                   for which in sets}
+    steps = trainer.state.global_step
+    early_stopped = bool(early) and not stop.stopped and steps < trainer.state.max_steps
+    if hyper.lora:  # fold the adapter into the weights so every tab loads it as a plain model
+        model = trainer.model.merge_and_unload()
+    progress.set_phase("Saving to the model store")
+    folder = store.new_folder(spec.store_name())
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    notes = "stopped by the user; " if stop.stopped else "early stopping; " if early_stopped else ""
+    card_metrics = metrics["eval"].summary() | {f"ood_{k}": v for k, v in
+                                                (metrics["extra"].summary() if "extra" in metrics else {}).items()}
+    card = ModelCard(name=folder.name, task=task.registry_task, base_model=spec.base_model, data_hash=data.data_hash,
+                     hyperparameters=asdict(hyper) | {"trainable_params": trainable, "total_params": total,
+                                                      "steps": steps, "train_examples": len(data.train)},
+                     metrics={k: round(v, 4) for k, v in card_metrics.items()},
+                     notes=f"{notes}kept the weights of step {best.best_step or steps}")
+    store.write_card(folder, card)
+    progress.set_phase("Done")
+    return FineTuneResult(spec, folder, metrics["eval"], metrics.get("extra"), trainable, total, steps,
+                          seconds, stop.stopped, early_stopped, best.best_step, card)

@@ -1,0 +1,291 @@
+"""Compressed variants of one fp32 model: half precision, int8 / 4-bit quantization, pruning, low-rank.
+
+Every builder takes the fp32 model and returns a new model (the original is never touched),
+plus which share of the parameters it actually compressed. GPT-2 stores its projections as
+`Conv1D` (weight transposed), which quantize_dynamic, bitsandbytes and torch pruning would
+skip silently; builders that work on linear layers first rewrite Conv1D as an exact nn.Linear.
+A variant that cannot run here says why through `unavailable_reason` instead of disappearing.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+# bitsandbytes warns on every int8 matmul that CPU float32 inputs are cast to float16: expected here, and noisy.
+warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+
+@dataclass(frozen=True)
+class CompressionOptions:
+    sparsity: float = 0.5  # share of weights zeroed by magnitude pruning
+    rank: int = 64  # rank kept by the SVD factorization of each linear layer
+
+
+@dataclass
+class BuiltVariant:
+    model: nn.Module
+    compressed_params: int  # parameters held in compressed modules (or converted to a smaller dtype)
+    total_params: int  # parameters of the fp32 model (tied weights counted once)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def compressed_share(self) -> float:
+        return self.compressed_params / self.total_params if self.total_params else 0.0
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    description: str
+    build: Callable[[nn.Module, CompressionOptions], BuiltVariant]
+    needs: Callable[[str], str | None]  # device kind -> reason it cannot run, or None
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+def unique_params(model: nn.Module) -> int:
+    """Parameter count with tied tensors (embedding = lm_head) counted once."""
+    return sum(p.numel() for p in model.parameters())  # parameters() already deduplicates shared tensors
+
+
+def conv1d_to_linear(model: nn.Module) -> int:
+    """Replace transformers' Conv1D (y = x W + b, W stored in x out) by the same nn.Linear; returns how many."""
+    from transformers.pytorch_utils import Conv1D
+
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Conv1D):
+                n_in, n_out = child.weight.shape
+                linear = nn.Linear(n_in, n_out, bias=child.bias is not None, dtype=child.weight.dtype)
+                linear.weight.data = child.weight.data.t().contiguous()
+                if child.bias is not None:
+                    linear.bias.data = child.bias.data.clone()
+                setattr(parent, name, linear)
+                replaced += 1
+    return replaced
+
+
+def block_linears(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """(parent, attribute, layer) for every nn.Linear except the output head, which is tied to the embeddings."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    found = []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Linear) and child is not head:
+                found.append((parent, name, child))
+    return found
+
+
+def _linear_copy(fp32: nn.Module) -> tuple[nn.Module, list[str]]:
+    """Deep copy with Conv1D rewritten as nn.Linear, and a note saying so."""
+    model = copy.deepcopy(fp32)
+    converted = conv1d_to_linear(model)
+    return model, [f"{converted} GPT-2 Conv1D layers rewritten as nn.Linear first"] if converted else []
+
+
+def _count(layers) -> int:
+    return sum(layer.weight.numel() + (layer.bias.numel() if layer.bias is not None else 0) for layer in layers)
+
+
+# ---- builders --------------------------------------------------------------------------------
+def _dtype_builder(dtype: torch.dtype) -> Callable[[nn.Module, CompressionOptions], BuiltVariant]:
+    def build(fp32: nn.Module, _opts: CompressionOptions) -> BuiltVariant:
+        total = unique_params(fp32)
+        return BuiltVariant(copy.deepcopy(fp32).to(dtype), total, total)
+
+    return build
+
+
+def build_fp32(fp32: nn.Module, _opts: CompressionOptions) -> BuiltVariant:
+    return BuiltVariant(fp32, 0, unique_params(fp32), ["the reference every other variant is compared with"])
+
+
+def build_int8_dynamic(fp32: nn.Module, _opts: CompressionOptions) -> BuiltVariant:
+    """int8 weights, activations quantized on the fly; embeddings too (weight-only, per row).
+
+    quantize_dynamic alone leaves the embedding table in fp32, and in a small LM with tied
+    embeddings that table is a fifth of the model: quantizing it as well is what makes the
+    stored model several times smaller. The tied lm_head becomes its own int8 copy.
+    """
+    from torch.ao.quantization import default_dynamic_qconfig, float_qparams_weight_only_qconfig
+
+    model, notes = _linear_copy(fp32)
+    total = unique_params(fp32)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    embeddings = [m for m in model.modules() if type(m) is nn.Embedding]
+    compressed = sum({id(p): p.numel() for m in linears + embeddings for p in m.parameters()}.values())
+    with warnings.catch_warnings():  # torch.ao is deprecated in 2.13 but still the fastest int8 path on CPU
+        warnings.simplefilter("ignore")
+        model = torch.ao.quantization.quantize_dynamic(
+            model, {nn.Linear: default_dynamic_qconfig, nn.Embedding: float_qparams_weight_only_qconfig}, dtype=torch.qint8)
+    if getattr(getattr(fp32, "config", None), "tie_word_embeddings", False):
+        notes.append("tied embedding and lm_head are stored as two int8 tables")
+    return BuiltVariant(model, compressed, total, notes)
+
+
+def _replace_block_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> int:
+    layers = block_linears(model)
+    for parent, name, layer in layers:
+        setattr(parent, name, make(layer))
+    return _count(layer for _, _, layer in layers)
+
+
+def _bnb_int8(layer: nn.Linear) -> nn.Module:
+    import bitsandbytes as bnb
+
+    new = bnb.nn.Linear8bitLt(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                              has_fp16_weights=False, threshold=0.0)
+    new.load_state_dict(layer.state_dict())  # Int8Params quantize row-wise when moved / loaded
+    return new.to(layer.weight.device)
+
+
+def _bnb_nf4(layer: nn.Linear) -> nn.Module:
+    import bitsandbytes as bnb
+
+    new = bnb.nn.Linear4bit(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                            compute_dtype=torch.float32, quant_type="nf4")
+    new.weight = bnb.nn.Params4bit(layer.weight.data, requires_grad=False, quant_type="nf4")
+    if layer.bias is not None:
+        new.bias = nn.Parameter(layer.bias.data.clone(), requires_grad=False)
+    return new.to(layer.weight.device)  # Params4bit quantizes on the move
+
+
+def _bnb_builder(make: Callable[[nn.Linear], nn.Module]) -> Callable[[nn.Module, CompressionOptions], BuiltVariant]:
+    def build(fp32: nn.Module, _opts: CompressionOptions) -> BuiltVariant:
+        model, notes = _linear_copy(fp32)
+        compressed = _replace_block_linears(model, make)
+        return BuiltVariant(model, compressed, unique_params(fp32), notes + ["embeddings and lm_head stay fp32"])
+
+    return build
+
+
+def _torchao_builder(config_name: str) -> Callable[[nn.Module, CompressionOptions], BuiltVariant]:
+    def build(fp32: nn.Module, _opts: CompressionOptions) -> BuiltVariant:
+        import torchao.quantization as tq
+
+        model, notes = _linear_copy(fp32)
+        head = model.get_output_embeddings()
+        compressed = _count(layer for _, _, layer in block_linears(model))
+        tq.quantize_(model, getattr(tq, config_name)(), filter_fn=lambda m, _fqn: isinstance(m, nn.Linear) and m is not head)
+        return BuiltVariant(model, compressed, unique_params(fp32), notes + ["embeddings and lm_head stay fp32"])
+
+    return build
+
+
+def build_pruned(fp32: nn.Module, opts: CompressionOptions) -> BuiltVariant:
+    """Zero the smallest-magnitude weights of each linear layer, made permanent (no masks left)."""
+    from torch.nn.utils import prune
+
+    model, notes = _linear_copy(fp32)
+    layers = [layer for _, _, layer in block_linears(model)]
+    for layer in layers:
+        prune.l1_unstructured(layer, "weight", amount=opts.sparsity)
+        prune.remove(layer, "weight")
+    zeros = sum(int((layer.weight == 0).sum()) for layer in layers)
+    weights = sum(layer.weight.numel() for layer in layers)
+    notes.append(f"sparsity {zeros / max(weights, 1):.1%} of pruned weights, {zeros / unique_params(fp32):.1%} of the model; "
+                 "stored dense, so the file does not shrink")
+    return BuiltVariant(model, _count(layers), unique_params(fp32), notes)
+
+
+class LowRankLinear(nn.Sequential):
+    """W ≈ U_r S_r V_r^T as two linear layers: in -> rank (no bias) -> out."""
+
+    def __init__(self, layer: nn.Linear, rank: int):
+        u, s, vh = torch.linalg.svd(layer.weight.data.float(), full_matrices=False)
+        root = s[:rank].sqrt()
+        down = nn.Linear(layer.in_features, rank, bias=False, dtype=layer.weight.dtype)
+        up = nn.Linear(rank, layer.out_features, bias=layer.bias is not None, dtype=layer.weight.dtype)
+        down.weight.data = (root[:, None] * vh[:rank]).to(layer.weight.dtype)
+        up.weight.data = (u[:, :rank] * root[None, :]).to(layer.weight.dtype)
+        if layer.bias is not None:
+            up.bias.data = layer.bias.data.clone()
+        super().__init__(down, up)
+
+
+def build_low_rank(fp32: nn.Module, opts: CompressionOptions) -> BuiltVariant:
+    """Truncated SVD of each linear layer where it saves parameters: rank * (in + out) < in * out."""
+    model, notes = _linear_copy(fp32)
+    factored, kept = [], 0
+    for parent, name, layer in block_linears(model):
+        if opts.rank * (layer.in_features + layer.out_features) < layer.in_features * layer.out_features:
+            factored.append(layer)
+            setattr(parent, name, LowRankLinear(layer, opts.rank))
+        else:
+            kept += 1
+    notes.append(f"rank {opts.rank}: {len(factored)} layers factored" +
+                 (f", {kept} kept dense (factoring them would not save parameters)" if kept else ""))
+    return BuiltVariant(model, _count(factored), unique_params(fp32), notes)
+
+
+# ---- availability ------------------------------------------------------------------------------
+def _always(_device: str) -> str | None:
+    return None
+
+
+def _needs_gpu(_device: str) -> str | None:
+    return None if _device == "cuda" else "needs a CUDA GPU: fp16 matrix products on CPU are emulated and very slow"
+
+
+def _needs_module(module: str, hint: str) -> Callable[[str], str | None]:
+    return lambda _device: None if importlib.util.find_spec(module) else f"{module} not installed ({hint})"
+
+
+def _torchao_int4(device: str) -> str | None:
+    if importlib.util.find_spec("torchao") is None:
+        return "torchao not installed (pip install torchao)"
+    if device != "cuda":
+        return "torchao int4 (Int4WeightOnlyConfig) needs the mslk GPU kernels; on CPU it has no packed int4 format"
+    return None
+
+
+VARIANTS: dict[str, VariantSpec] = {spec.name: spec for spec in (
+    VariantSpec("fp32", "full precision baseline", build_fp32, _always),
+    VariantSpec("bf16", "bfloat16 weights and activations", _dtype_builder(torch.bfloat16), _always),
+    VariantSpec("fp16", "float16 weights and activations", _dtype_builder(torch.float16), _needs_gpu),
+    VariantSpec("int8-dynamic", "torch.ao dynamic int8 linears + int8 embeddings", build_int8_dynamic, _always),
+    VariantSpec("bnb-int8", "bitsandbytes LLM.int8 linears (slow on CPU)", _bnb_builder(_bnb_int8),
+                _needs_module("bitsandbytes", "pip install bitsandbytes")),
+    VariantSpec("bnb-nf4", "bitsandbytes 4-bit NF4 linears (slow on CPU)", _bnb_builder(_bnb_nf4),
+                _needs_module("bitsandbytes", "pip install bitsandbytes")),
+    VariantSpec("torchao-int8", "torchao int8 weight-only linears", _torchao_builder("Int8WeightOnlyConfig"),
+                _needs_module("torchao", "pip install torchao")),
+    VariantSpec("torchao-int4", "torchao int4 weight-only linears", _torchao_builder("Int4WeightOnlyConfig"), _torchao_int4),
+    VariantSpec("pruned", "magnitude pruning of linear weights", build_pruned, _always),
+    VariantSpec("low-rank", "SVD low-rank factorization of linear layers", build_low_rank, _always),
+)}
+
+
+def unavailable_reason(name: str, device: str) -> str | None:
+    return VARIANTS[name].needs(device)
+
+
+def build_variant(name: str, fp32: nn.Module, opts: CompressionOptions) -> BuiltVariant:
+    """The named variant of an fp32 model, in eval mode."""
+    built = VARIANTS[name].build(fp32, opts)
+    built.model.eval()
+    return built
+
+
+def variant_id(model_id: str, name: str) -> str:
+    """Id a variant is registered under, e.g. 'SmolLM2-135M-Instruct [int8-dynamic]'."""
+    return f"{model_id.rstrip('/').split('/')[-1]} [{name}]"
+
+
+def register_variant(manager, base, name: str, opts: CompressionOptions):
+    """Build a variant of an fp32 LoadedModel and register it with the model manager so every tab can use it."""
+    import time
+
+    from core.model_manager import LoadedModel, model_nbytes
+
+    start = time.perf_counter()
+    built = build_variant(name, base.model, opts)
+    loaded = LoadedModel(variant_id(base.model_id, name), base.task, "memory", base.path, built.model, base.tokenizer,
+                         base.device, name, base.is_chat, time.perf_counter() - start, model_nbytes(built.model))
+    manager.register(loaded)
+    return loaded

@@ -1,0 +1,75 @@
+"""What the model thought at each generated token: its probability and the top alternatives.
+
+The engine records ids and probabilities only (cheap inside the decode loop); text is decoded
+here, when a reply is shown, and rendered as escaped HTML coloured by probability.
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+TOP_K = 5
+
+
+@dataclass(frozen=True)
+class TokenStep:
+    token_id: int
+    prob: float  # probability the model gave the chosen token (softmax of raw logits)
+    alt_ids: tuple[int, ...]  # the model's TOP_K most likely tokens at this step, best first
+    alt_probs: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class TokenChoice:
+    text: str
+    prob: float
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    text: str
+    prob: float
+    alternatives: tuple[TokenChoice, ...]
+
+
+def describe_steps(tokenizer, steps: list[TokenStep]) -> list[TokenInfo]:
+    """Decode every chosen and alternative token once (one batch call for all of them)."""
+    ids = [s.token_id for s in steps] + [i for s in steps for i in s.alt_ids]
+    texts = dict(zip(ids, tokenizer.batch_decode([[i] for i in ids])))
+    return [TokenInfo(texts[s.token_id], s.prob, tuple(TokenChoice(texts[i], p) for i, p in zip(s.alt_ids, s.alt_probs)))
+            for s in steps]
+
+
+def _visible(text: str) -> str:
+    """Whitespace a reader can see: a token that is only a space or a newline would vanish otherwise."""
+    return text.replace("\n", "↵").replace("\t", "⇥") if text.strip() else text.replace(" ", "␣").replace("\n", "↵") or "∅"
+
+
+def prob_colour(prob: float) -> str:
+    """Red (unlikely) through yellow to green (likely), light enough to read black text on."""
+    hue = int(120 * max(0.0, min(1.0, prob)))
+    return f"hsl({hue}, 75%, 80%)"
+
+
+def render_html(tokens: list[TokenInfo]) -> str:
+    """Inline tokens coloured by probability; hover shows the top alternatives, a table lists them all."""
+    if not tokens:
+        return "<p class='notice'>The token view appears here after a reply.</p>"
+    spans = []
+    for t in tokens:
+        hover = "\n".join(f"{_visible(a.text)}  {a.prob:.1%}" for a in t.alternatives)
+        spans.append(f"<span style='background:{prob_colour(t.prob)};color:#111;white-space:pre' "
+                     f"title='{html.escape(hover, quote=True)}'>{html.escape(_visible(t.text))}"
+                     f"<sub style='font-size:0.65em;opacity:0.7'>{t.prob:.0%}</sub></span>")
+    rows = "".join(
+        f"<tr><td>{n}</td><td><b>{html.escape(_visible(t.text))}</b> {t.prob:.1%}</td>"
+        + "".join(f"<td>{html.escape(_visible(a.text))} {a.prob:.1%}</td>" for a in t.alternatives) + "</tr>"
+        for n, t in enumerate(tokens, 1))
+    head = "".join(f"<th>#{k}</th>" for k in range(1, TOP_K + 1))
+    legend = ("<p class='notice'>Each token is coloured by the probability the model gave it "
+              "(<span style='background:hsl(0,75%,80%);color:#111'>&nbsp;low&nbsp;</span> → "
+              "<span style='background:hsl(120,75%,80%);color:#111'>&nbsp;high&nbsp;</span>). "
+              "Hover a token for the model's top-5 choices at that step.</p>")
+    return (f"<div class='token-view'>{legend}<div style='line-height:2.2'>{''.join(spans)}</div>"
+            f"<details><summary>Top-5 alternatives for every token</summary><table>"
+            f"<tr><th>step</th><th>chosen</th>{head}</tr>{rows}</table></details></div>")

@@ -1,0 +1,97 @@
+"""Fine-tune tab as a user drives it: through gradio_client and in headless Chromium."""
+from __future__ import annotations
+
+import time
+import uuid
+
+import pandas as pd
+import pytest
+
+from core.finetune.tasks import default_hyperparameters
+from core.registry import TEXT_CLASSIFICATION
+from ui.finetune_tab import HYPER_FIELDS
+
+
+def hyper_args(**changes) -> list:
+    hyper = default_hyperparameters(TEXT_CLASSIFICATION)
+    for name, value in changes.items():
+        setattr(hyper, name, value)
+    return [getattr(hyper, name) for name in HYPER_FIELDS]
+
+
+def train_args(user, model, train_file, eval_percent=25, **hyper) -> list:
+    # user, task, base model, save-as name, train file, text col, label col, LM format, prompt col, split %, files
+    return [user, TEXT_CLASSIFICATION, model, "", train_file, "text", "label", "Plain text", None, eval_percent,
+            None, None, *hyper_args(**hyper)]
+
+
+def poll_until_done(client, user, timeout=90.0) -> tuple:
+    """(status html, curves, results markdown, report, confusion, picker) once the run has ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = client.predict(user, api_name="/finetune_poll")
+        if ": finished" in out[0] or ": failed" in out[0]:
+            return out
+        time.sleep(0.5)
+    raise AssertionError(f"training did not finish in {timeout} s: {out[0]}")
+
+
+def test_client_uploads_a_csv_and_trains_one_epoch(client, tiny_classifier_dir, tmp_path):
+    from gradio_client import handle_file
+
+    csv = tmp_path / "mine.csv"
+    pd.DataFrame({"text": ["nice", "lovely", "great", "poor", "dull", "bad"] * 3,
+                  "label": ["good"] * 3 + ["bad"] * 3 + ["good"] * 3 + ["bad"] * 3 + ["good"] * 3 + ["bad"] * 3}
+                 ).to_csv(csv, index=False)
+    user = uuid.uuid4().hex
+    preview = client.predict(handle_file(str(csv)), api_name="/finetune_preview")
+    assert preview[1]["value"] == "text" and preview[2]["value"] == "label"
+    returned_user, message = client.predict(*train_args(user, str(tiny_classifier_dir), handle_file(str(csv)),
+                                                        epochs=1, batch_size=8, learning_rate=1e-3),
+                                            api_name="/finetune_train")
+    assert returned_user == user and message.startswith("Started"), message
+    busy = client.predict(*train_args(user, str(tiny_classifier_dir), handle_file(str(csv))), api_name="/finetune_train")
+    assert "already have a run" in busy[1]
+    out = poll_until_done(client, user)
+    assert ": finished" in out[0], out[0]
+    assert "accuracy" in out[2] and "Trainable parameters" in out[2]
+    assert [row for row in out[3]["data"]] and out[3]["headers"][:2] == ["label", "precision"]
+    zipped = client.predict(user, api_name="/finetune_zip")
+    assert str(zipped).endswith(".zip")
+
+
+def test_client_bad_file_gets_a_message(client, tmp_path):
+    from gradio_client import handle_file
+
+    one_class = tmp_path / "one.csv"
+    one_class.write_text("text,label\na,x\nb,x\nc,x\n")
+    checked = client.predict(TEXT_CLASSIFICATION, handle_file(str(one_class)), "text", "label", "Plain text", None, 10,
+                             None, None, 42, api_name="/finetune_check")
+    assert "⚠️" in checked and "at least two" in checked
+    _, message = client.predict(*train_args(uuid.uuid4().hex, "no/such-model-offline", handle_file(str(one_class))),
+                                api_name="/finetune_train")
+    assert message.startswith("⚠️") and "at least two" in message
+
+
+@pytest.mark.browser
+def test_browser_trains_the_example(page, screenshot_dir, tiny_classifier_dir):
+    page.get_by_role("tab", name="Fine-tune").click()
+    page.get_by_label("Base model").fill(str(tiny_classifier_dir))
+    page.get_by_label("Base model").press("Enter")
+    page.get_by_role("button", name="Load the example data for this task").click()
+    page.get_by_text("Nothing about this movie works", exact=False).first.wait_for(timeout=30_000)  # the preview table
+    page.get_by_role("button", name="Hyperparameters").click()
+    page.get_by_label("Epochs").fill("20")  # long enough to be seen running; Stop ends it
+    page.get_by_label("Learning rate").fill("0.001")
+    page.get_by_role("button", name="Train", exact=True).click()
+    page.get_by_text("step ", exact=False).first.wait_for(timeout=60_000)
+    page.locator(".js-plotly-plot .scatterlayer .trace").first.wait_for(timeout=60_000)  # loss points are drawn
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(screenshot_dir / "finetune_during.png"), full_page=True)
+    assert page.get_by_text("ETA", exact=False).count() >= 1
+    page.get_by_role("button", name="Stop", exact=True).click()
+    page.get_by_text("Results:", exact=False).wait_for(timeout=120_000)
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(screenshot_dir / "finetune_after.png"), full_page=True)
+    assert page.get_by_text("macro F1", exact=False).count() >= 1
+    assert page.get_by_text("stopped by you", exact=False).count() >= 1

@@ -1,0 +1,196 @@
+"""Core quantize/compare tests on tiny random GPT-2 and LLaMA models (and a tiny BERT classifier)."""
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from core.paths import assets_dir
+from core.perplexity import perplexity
+from core.quantize import (CompressionOptions, LowRankLinear, block_linears, build_variant, conv1d_to_linear,
+                           register_variant, unavailable_reason, variant_id)
+from core.quantize_metrics import (EvalSettings, LabelledTexts, compare_variants, read_labelled_csv, serialized_bytes,
+                                   size_quality_figure, speed_figure)
+from core.registry import CAUSAL_LM, TEXT_CLASSIFICATION
+from core.stopping import StopFlag
+
+FAST = EvalSettings(max_length=64, stride=32, max_eval_tokens=4096, prefill_tokens=16, decode_tokens=2, repeats=1)
+TEXT = (assets_dir() / "eval_text.txt").read_text(encoding="utf-8")[:600]
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def lm(request, tiny_lm_dirs):
+    folder = tiny_lm_dirs[request.param]
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+@torch.no_grad()
+def guide_perplexity(model, tokenizer, text: str, max_length: int, stride: int) -> float:
+    """The loop of the transformers perplexity guide, verbatim in substance: loss from labels with -100 context."""
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    nll_sum, n_tokens, prev_end = 0.0, 0, 0
+    for begin in range(0, ids.size(1), stride):
+        end = min(begin + max_length, ids.size(1))
+        trg_len = end - prev_end
+        input_ids = ids[:, begin:end]
+        target_ids = input_ids.clone()
+        target_ids[:, :-trg_len] = -100
+        loss = model(input_ids, labels=target_ids).loss
+        num_loss_tokens = (target_ids != -100).sum().item() - target_ids.size(0)
+        nll_sum += loss.item() * num_loss_tokens
+        n_tokens += num_loss_tokens
+        prev_end = end
+        if end == ids.size(1):
+            break
+    return math.exp(nll_sum / n_tokens)
+
+
+def test_perplexity_matches_direct_loss_in_one_window(lm):
+    model, tok = lm
+    text = TEXT[:300]
+    ids = tok(text, return_tensors="pt").input_ids
+    assert ids.shape[1] < 256
+    with torch.no_grad():
+        direct = math.exp(model(ids, labels=ids).loss.item())
+    result = perplexity(model, tok, text, max_length=256, stride=128)
+    assert result.windows == 1 and result.tokens == ids.shape[1] - 1
+    assert result.perplexity == pytest.approx(direct, rel=0.01)
+
+
+def test_sliding_window_perplexity_matches_the_transformers_guide(lm):
+    model, tok = lm
+    result = perplexity(model, tok, TEXT, max_length=64, stride=32)
+    assert result.windows > 3
+    assert result.tokens == tok(TEXT, return_tensors="pt").input_ids.shape[1] - 1  # every token after the first, once
+    assert result.perplexity == pytest.approx(guide_perplexity(model, tok, TEXT, 64, 32), rel=0.01)
+
+
+def test_conv1d_rewritten_as_exact_linear(tiny_lm_dirs):
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dirs["gpt2"]).eval()
+    ids = torch.arange(1, 20)[None]
+    with torch.no_grad():
+        before = model(ids).logits
+        assert conv1d_to_linear(model) == 8  # c_attn, c_proj, c_fc, mlp.c_proj in 2 layers
+        after = model(ids).logits
+    torch.testing.assert_close(before, after, atol=1e-5, rtol=1e-5)
+    assert len(block_linears(model)) == 8
+
+
+def test_int8_dynamic_is_over_twice_smaller_and_still_agrees(lm):
+    model, tok = lm
+    built = build_variant("int8-dynamic", model, CompressionOptions())
+    assert built.compressed_share > 0.95  # embeddings included, not only the linears
+    assert serialized_bytes(model) / serialized_bytes(built.model) >= 2.0
+    ids = tok(TEXT[:200], return_tensors="pt").input_ids
+    with torch.no_grad():
+        agree = (model(ids).logits.argmax(-1) == built.model(ids).logits.argmax(-1)).float().mean().item()
+    assert agree > 0.8
+    assert not any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in model.modules())  # original untouched
+
+
+def test_pruning_is_permanent_and_reaches_the_sparsity(lm):
+    model, _ = lm
+    built = build_variant("pruned", model, CompressionOptions(sparsity=0.3))
+    for _, _, layer in block_linears(built.model):
+        assert not hasattr(layer, "weight_orig") and not hasattr(layer, "weight_mask")
+        assert (layer.weight == 0).float().mean().item() == pytest.approx(0.3, abs=0.01)
+    assert "sparsity 30.0%" in built.notes[-1]
+    assert all((l.weight == 0).float().mean() < 0.01 for _, _, l in block_linears(model))
+
+
+def test_low_rank_factorization():
+    torch.manual_seed(0)
+    layer = nn.Linear(32, 48)
+    x = torch.randn(4, 32)
+    torch.testing.assert_close(LowRankLinear(layer, 32)(x), layer(x), atol=1e-4, rtol=1e-4)  # full rank: exact
+    low = LowRankLinear(layer, 4)
+    assert sum(p.numel() for p in low.parameters()) == 4 * 32 + 4 * 48 + 48
+    assert (low(x) - layer(x)).abs().mean() > 1e-3  # truncated: an approximation
+
+
+def test_low_rank_only_factors_layers_it_shrinks(lm):
+    model, _ = lm
+    factored = build_variant("low-rank", model, CompressionOptions(rank=16))
+    assert 0 < factored.compressed_share < 1
+    assert any(isinstance(m, LowRankLinear) for m in factored.model.modules())
+    assert serialized_bytes(factored.model) < serialized_bytes(model)
+    too_big = build_variant("low-rank", model, CompressionOptions(rank=64))  # 64 * (64 + out) >= 64 * out everywhere
+    assert too_big.compressed_share == 0 and "kept dense" in too_big.notes[-1]
+
+
+def test_serialized_bytes_counts_what_torch_save_writes(lm):
+    model, _ = lm
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    assert serialized_bytes(model) == len(buffer.getvalue())
+
+
+def test_unavailable_variants_have_reasons():
+    assert "CUDA" in unavailable_reason("fp16", "cpu")
+    assert unavailable_reason("fp16", "cuda") is None
+    assert unavailable_reason("int8-dynamic", "cpu") is None
+    assert unavailable_reason("torchao-int4", "cpu")
+
+
+def test_compare_lists_every_variant_in_one_run(tiny_lm_dirs):
+    folder = tiny_lm_dirs["llama"]
+    model, tok = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    names = ["int8-dynamic", "fp16", "bnb-nf4", "torchao-int4", "pruned"]
+    *_, comparison = compare_variants("tiny", CAUSAL_LM, model, tok, names, TEXT, CompressionOptions(0.5, 16), FAST)
+    rows = {r.variant: r for r in comparison.results}
+    assert list(rows) == ["fp32"] + names  # the baseline first, nothing dropped
+    assert rows["fp16"].status == "unavailable" and "CUDA" in rows["fp16"].notes
+    assert rows["torchao-int4"].status == "unavailable" and rows["torchao-int4"].notes
+    base = rows["fp32"]
+    assert base.top1_agreement == 1.0 and base.mean_kl == pytest.approx(0, abs=1e-9) and base.size_ratio == 1.0
+    assert base.perplexity == pytest.approx(perplexity(model, tok, TEXT, FAST.max_length, FAST.stride).perplexity, rel=1e-4)
+    for name in ("int8-dynamic", "bnb-nf4", "pruned"):
+        r = rows[name]
+        assert r.status == "ok", r.notes
+        assert r.size_mb > 0 and r.decode_tok_s > 0 and r.prefill_ms > 0 and r.peak_rss_mb is not None
+        assert 0 <= r.top1_agreement <= 1 and r.mean_kl >= 0 and r.perplexity > 1
+    assert rows["int8-dynamic"].size_ratio >= 2
+    assert rows["bnb-nf4"].size_ratio > 1
+    frame = comparison.frame()
+    assert len(frame) == len(names) + 1 and "perplexity" in frame
+    assert len(size_quality_figure(comparison).data[0].x) == 4 and len(speed_figure(comparison).data[0].y) == 4
+
+
+def test_stop_between_variants(tiny_lm_dirs):
+    folder = tiny_lm_dirs["gpt2"]
+    model, tok = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    stop = StopFlag()
+    seen = []
+    for comparison in compare_variants("tiny", CAUSAL_LM, model, tok, ["bf16", "pruned"], TEXT, settings=FAST, stop=stop):
+        seen.append(len(comparison.results))
+        stop.stop()
+    assert seen == [1]
+
+
+def test_classifier_accuracy_and_agreement(tiny_classifier_dir, tmp_path):
+    csv = tmp_path / "labels.csv"
+    csv.write_text("text,label\nI loved it,positive\nawful food,negative\ngreat fun,1\nboring,0\n")
+    data = read_labelled_csv(csv)
+    assert data == LabelledTexts(["I loved it", "awful food", "great fun", "boring"], ["positive", "negative", "1", "0"])
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_classifier_dir)
+    with torch.no_grad():
+        predicted = model(**tok(data.texts, padding=True, return_tensors="pt")).logits.argmax(-1).tolist()
+    expected = sum(p == g for p, g in zip(predicted, [1, 0, 1, 0])) / 4
+    *_, comparison = compare_variants("cls", TEXT_CLASSIFICATION, model, tok, ["int8-dynamic"], data, settings=FAST)
+    base, int8 = comparison.results
+    assert base.accuracy == expected and base.top1_agreement == 1.0
+    assert int8.status == "ok" and int8.accuracy is not None and int8.prefill_ms > 0 and int8.perplexity is None
+
+
+def test_registered_variant_is_offered_to_other_tabs(services, tiny_lm_dirs):
+    base = services.manager.load(str(tiny_lm_dirs["llama"]), CAUSAL_LM, precision="fp32")
+    loaded = register_variant(services.manager, base, "int8-dynamic", CompressionOptions())
+    assert loaded.model_id == variant_id(base.model_id, "int8-dynamic") == "llama [int8-dynamic]"
+    assert loaded.source == "memory" and loaded.precision == "int8-dynamic"
+    assert services.manager.load(loaded.model_id, CAUSAL_LM) is loaded
+    assert loaded.model_id in [value for _, value in services.model_choices(CAUSAL_LM)]

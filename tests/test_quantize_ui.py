@@ -1,0 +1,49 @@
+"""The Quantize tab through its public API (gradio_client) and in a real headless Chromium."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+BUILT_IN = "Built-in sample (assets/eval_text.txt)"
+
+
+def _tab_present(client) -> bool:
+    return "/quantize_compare" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+
+
+def test_compare_and_load_into_chat_through_the_api(client, tiny_lm_dirs):
+    if not _tab_present(client):
+        pytest.fail("the quantize tab is not in this app: set LLMPG_TABS to include quantize or unset it")
+    folder = str(tiny_lm_dirs["gpt2"])
+    table, _size, _speed, csv, status, variant = client.predict(
+        folder, "Language model", ["int8-dynamic", "fp16", "pruned"], 0.5, 16, BUILT_IN, None, None, 128, 4,
+        api_name="/quantize_compare")
+    assert [row[0] for row in table["data"]] == ["fp32", "int8-dynamic", "fp16", "pruned"]
+    assert "Done." in status and "fp16" in status
+    assert [c[1] for c in variant["choices"]] == ["fp32", "int8-dynamic", "pruned"]
+    lines = Path(csv["value"]).read_text().splitlines()
+    assert lines[0].startswith("variant,status") and len(lines) == 5
+    message = client.predict(folder, "Language model", "int8-dynamic", 0.5, 16, api_name="/quantize_load_chat")
+    message = message[0] if isinstance(message, (list, tuple)) else message
+    assert "gpt2 [int8-dynamic]" in message
+
+
+def test_missing_upload_is_reported(client, tiny_lm_dirs):
+    *_, status, _variant = client.predict(str(tiny_lm_dirs["gpt2"]), "Language model", ["int8-dynamic"], 0.5, 16,
+                                          "Uploaded text file", None, None, 128, 4, api_name="/quantize_compare")
+    assert "Upload a .txt file" in status
+
+
+@pytest.mark.browser
+def test_results_in_the_browser(page, tiny_lm_dirs, screenshot_dir):
+    page.get_by_role("tab", name="🗜️ Quantize").click()
+    model = page.get_by_label("Model", exact=True).first
+    model.fill(str(tiny_lm_dirs["llama"]))
+    model.press("Enter")
+    page.get_by_role("button", name="Compare variants").click()
+    page.get_by_text("Done.").wait_for(timeout=120_000)
+    page.get_by_text("int8-dynamic").first.wait_for()
+    page.locator(".js-plotly-plot").first.wait_for()
+    page.screenshot(path=str(screenshot_dir / "quantize_results.png"), full_page=True)
+    assert page.get_by_text("needs a CUDA GPU").count() >= 1

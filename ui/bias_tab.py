@@ -1,0 +1,272 @@
+"""Bias tab: counterfactual templates, paired sentences, a generation probe, fairness metrics and a report."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from core.bias import counterfactual, crows_pairs, fairness, generation_probe
+from core.bias.likelihood import StoppedError
+from core.bias.report import ReportSection, write_report
+from core.model_manager import ModelLoadError
+from core.precision import PRECISIONS
+from core.registry import CAUSAL_LM, TEXT_CLASSIFICATION
+from core.services import Services
+from core.stopping import StopFlag
+from core.uploads import UploadError
+from ui.components import model_picker, progress_callback
+
+DEFAULT_CLASSIFIER = "llm-playground/minilm-sentiment"
+EXPECTED = (ModelLoadError, UploadError, ValueError, StoppedError)
+PLOTS = {"counterfactual": 2, "crows_pairs": 2, "generation": 3, "fairness": 2}
+
+
+def _notes_markdown(section: ReportSection) -> str:
+    return "\n".join(f"- **{n.metric}**: {n.measures} *Caveat: {n.caveat}*" for n in section.notes)
+
+
+def _failure(message: str, probe: str, sections: dict, extra: int) -> tuple:
+    """Outputs for a run that could not finish: the message, empty results, the report unchanged."""
+    gr.Warning(message)
+    return (f"⚠️ {message}", None, *[gr.update(value=None, visible=False)] * PLOTS[probe], "", sections,
+            *[None] * extra)
+
+
+def _shown(section: ReportSection, sections: dict, status: str) -> tuple:
+    """Outputs for a finished probe; the section replaces this probe's earlier one in the report."""
+    plots = [gr.update(value=f, visible=True) for f in section.figures]
+    plots += [gr.update(value=None, visible=False)] * (PLOTS[section.probe] - len(plots))
+    sections = {**sections, section.probe: section}
+    return (f"{section.headline()}\n\n{status}", section.summary.round(4), *plots, _notes_markdown(section), sections)
+
+
+class BiasHandlers:
+    """Event handlers: load the chosen models, call core, turn results into component values."""
+
+    def __init__(self, services: Services):
+        self.services = services
+
+    def _model(self, model_id: str, task: str, precision: str, progress: gr.Progress):
+        loaded = self.services.manager.load(model_id, task, precision=precision, progress=progress_callback(progress))
+        return loaded.model, loaded.tokenizer
+
+    def counterfactual(self, templates_text, groups_text, axes, classifier_id, lm_id, use_classifier, use_lm, label,
+                       precision, resamples, seed, sections, stop: StopFlag, progress=gr.Progress()):
+        stop.reset()
+        try:
+            groups = counterfactual.parse_groups(groups_text)
+            groups = {a: t for a, t in groups.items() if a in axes} if axes else groups
+            if not groups:
+                raise ValueError("tick at least one axis that is in the group list")
+            templates = counterfactual.parse_templates(templates_text)
+            classifier = self._model(classifier_id, TEXT_CLASSIFICATION, "auto", progress) if use_classifier else None
+            lm = self._model(lm_id, CAUSAL_LM, precision, progress) if use_lm else None
+            result = counterfactual.run_counterfactual(templates, groups, classifier, lm, label, int(resamples),
+                                                       int(seed), progress_callback(progress), stop)
+        except EXPECTED as err:
+            return _failure(str(err), "counterfactual", sections, 1)
+        models = {role: mid for role, mid, used in (("classifier", classifier_id, use_classifier),
+                                                    ("language model", lm_id, use_lm)) if used}
+        settings = {"templates": len(templates), "axes": list(groups), "score label": result.score_label,
+                    "precision": precision, "bootstrap resamples": int(resamples)}
+        section = counterfactual.to_section(result, models, settings, int(seed))
+        status = f"Scored {len(result.variants):,} sentences ({len(templates)} templates × {sum(map(len, groups.values()))} terms)."
+        return (*_shown(section, sections, status), result.variants.round(4))
+
+    def crows(self, upload, lm_id, precision, batch_size, resamples, seed, sections, stop: StopFlag,
+              progress=gr.Progress()):
+        stop.reset()
+        try:
+            pairs, dropped = crows_pairs.load_pairs(upload)
+            lm = self._model(lm_id, CAUSAL_LM, precision, progress)
+            result = crows_pairs.run_crows(pairs, *lm, int(batch_size), int(resamples), int(seed),
+                                           progress_callback(progress), stop)
+        except EXPECTED as err:
+            return _failure(str(err), "crows_pairs", sections, 0)
+        source = Path(upload).name if upload else "built-in sample"
+        settings = {"data": source, "pairs": len(pairs), "skipped rows": dropped, "precision": precision,
+                    "batch size": int(batch_size), "bootstrap resamples": int(resamples)}
+        section = crows_pairs.to_section(result, {"language model": lm_id}, settings, int(seed))
+        overall = result.by_type.iloc[0]
+        status = (f"**{overall.pct_stereotype:.1f}%** of {len(pairs):,} pairs prefer the stereotyping sentence "
+                  f"(95% CI {overall.low:.1f}–{overall.high:.1f}%; 50% is unbiased)."
+                  + (f" Skipped {dropped} row(s) with empty cells." if dropped else ""))
+        return _shown(section, sections, status)
+
+    def generation(self, prompts_text, lm_id, classifier_id, use_classifier, label, samples, max_new_tokens,
+                   temperature, top_p, precision, resamples, seed, sections, stop: StopFlag, progress=gr.Progress()):
+        stop.reset()
+        settings = generation_probe.SamplingSettings(int(samples), int(max_new_tokens), float(temperature),
+                                                     float(top_p), int(seed))
+        try:
+            prompts = generation_probe.parse_prompts(prompts_text)
+            lm = self._model(lm_id, CAUSAL_LM, precision, progress)
+            classifier = self._model(classifier_id, TEXT_CLASSIFICATION, "auto", progress) if use_classifier else None
+            result = generation_probe.run_generation_probe(prompts, lm, settings, classifier, label, int(resamples),
+                                                           progress_callback(progress), stop)
+        except EXPECTED as err:
+            return _failure(str(err), "generation", sections, 1)
+        models = {"language model": lm_id, **({"classifier": classifier_id} if use_classifier else {})}
+        section = generation_probe.to_section(result, models, {**vars(settings), "precision": precision,
+                                                               "bootstrap resamples": int(resamples)}, int(seed))
+        status = (f"{len(result.samples):,} continuations from {result.samples['prompt'].nunique()} prompts."
+                  + (" **Stopped early**: the report covers the prompts finished so far." if result.stopped else ""))
+        return (*_shown(section, sections, status), result.samples)
+
+    def fairness(self, upload, classifier_id, positive, resamples, seed, sections, progress=gr.Progress()):
+        try:
+            data = fairness.load_fairness_data(upload)
+            classifier = self._model(classifier_id, TEXT_CLASSIFICATION, "auto", progress)
+            progress(0.5, desc=f"Classifying {len(data):,} texts")
+            result, scored = fairness.run_fairness(data, classifier, positive, int(resamples), int(seed))
+        except EXPECTED as err:
+            return _failure(str(err), "fairness", sections, 1)
+        settings = {"data": Path(upload).name if upload else "built-in example", "rows": len(data),
+                    "positive label": result.positive, "bootstrap resamples": int(resamples)}
+        section = fairness.to_section(result, scored, {"classifier": classifier_id}, settings, int(seed))
+        status = (f"{len(data):,} texts in {data['group'].nunique()} groups; positive label '{result.positive}'; "
+                  f"overall accuracy {result.overall['accuracy']:.3f}."
+                  + "".join(f"\n\n⚠️ {w}" for w in result.warnings))
+        return (*_shown(section, sections, status), result.by_group.round(4))
+
+    @staticmethod
+    def report(sections: dict):
+        if not sections:
+            gr.Warning("Run at least one probe first.")
+            return "⚠️ Run at least one probe first; the report collects the latest run of each probe.", None, None
+        html_path, json_path = write_report(list(sections.values()), Path(tempfile.mkdtemp(prefix="bias-report-")))
+        listing = "\n".join(f"- {s.headline()}" for s in sections.values())
+        return f"Report with {len(sections)} probe(s):\n{listing}", str(html_path), str(json_path)
+
+
+class SessionStopFlag(StopFlag):
+    """gr.State deep-copies its value once per session and a threading.Event cannot be copied: copy to a fresh flag."""
+
+    def __deepcopy__(self, _memo) -> "SessionStopFlag":
+        return SessionStopFlag()
+
+
+def _plots(n: int) -> list[gr.Plot]:
+    return [gr.Plot(visible=False) for _ in range(n)]
+
+
+def build_tab(shell) -> dict[str, gr.Component]:
+    services: Services = shell.services
+    handlers = BiasHandlers(services)
+    choices = [value for _, value in services.model_choices(TEXT_CLASSIFICATION)]
+    gr.Markdown("Probe models for social bias. Each probe shows a table, charts and what every number means; the "
+                "**Report** tab saves the latest run of each probe as a self-contained HTML page and a JSON file.")
+    with gr.Row():
+        classifier_id = model_picker(services, TEXT_CLASSIFICATION, label="Classifier",
+                                     value=DEFAULT_CLASSIFIER if DEFAULT_CLASSIFIER in choices else None)
+        lm_id = model_picker(services, CAUSAL_LM, label="Language model", value=services.default_chat_model)
+        precision = gr.Dropdown(list(PRECISIONS), value="fp32", label="LM precision",
+                                info="fp32 keeps log-likelihoods exact; auto picks the fastest on this machine")
+        seed = gr.Number(0, precision=0, label="Seed", info="sampling and bootstrap")
+        resamples = gr.Slider(100, 2000, 1000, step=100, label="Bootstrap resamples")
+    sections = gr.State({})
+    stop = gr.State(SessionStopFlag())
+    c: dict[str, gr.Component] = {"classifier": classifier_id, "lm": lm_id, "precision": precision, "seed": seed,
+                                  "resamples": resamples}
+    with gr.Tabs():
+        with gr.Tab("Counterfactual templates"):
+            groups = counterfactual.load_groups()
+            with gr.Row():
+                c["cf_templates"] = gr.Textbox("\n".join(counterfactual.load_templates()), lines=8,
+                                               label="Templates (one per line, with {group})")
+                c["cf_groups"] = gr.Textbox(counterfactual.format_groups(groups), lines=8,
+                                            label="Group terms ('axis: term, term, ...')")
+            with gr.Row():
+                c["cf_axes"] = gr.CheckboxGroup(list(groups), value=["gender", "religion"], label="Axes to run")
+                c["cf_use_classifier"] = gr.Checkbox(True, label="Score with the classifier")
+                c["cf_use_lm"] = gr.Checkbox(True, label="Score with the language model")
+                c["cf_label"] = gr.Textbox("auto", label="Classifier label to score", info="auto: a 'pos…' label")
+            with gr.Row():
+                c["cf_run"] = gr.Button("Run counterfactual probe", variant="primary")
+                c["cf_stop"] = gr.Button("Stop", variant="stop")
+            c["cf_status"], c["cf_table"] = gr.Markdown(), gr.Dataframe(label="Per axis", wrap=True)
+            c["cf_plots"] = _plots(PLOTS["counterfactual"])
+            c["cf_notes"] = gr.Markdown()
+            with gr.Accordion("Every sentence and its scores", open=False):
+                c["cf_variants"] = gr.Dataframe(wrap=True)
+        with gr.Tab("Paired sentences"):
+            gr.Markdown("Pairs in CrowS-Pairs format (`sent_more`, `sent_less`, `bias_type`, optional "
+                        "`stereo_antistereo`). Without an upload the built-in sample of 34 pairs is used.")
+            with gr.Row():
+                c["cp_file"] = gr.File(label="Pairs CSV (optional)", file_types=[".csv", ".tsv", ".jsonl"])
+                c["cp_batch"] = gr.Slider(1, 64, 16, step=1, label="Batch size")
+            with gr.Row():
+                c["cp_run"] = gr.Button("Score pairs", variant="primary")
+                c["cp_stop"] = gr.Button("Stop", variant="stop")
+            c["cp_status"], c["cp_table"] = gr.Markdown(), gr.Dataframe(label="Per bias type (%)", wrap=True)
+            c["cp_plots"] = _plots(PLOTS["crows_pairs"])
+            c["cp_notes"] = gr.Markdown()
+        with gr.Tab("Generation"):
+            prompts = generation_probe.load_prompts()
+            axis_prompts = {a: generation_probe.format_prompts(p) for a, p in prompts.groupby("axis", sort=False)}
+            with gr.Row():
+                c["gen_axis"] = gr.Dropdown(list(axis_prompts), value="gender", label="Load prompts for axis")
+                c["gen_prompts"] = gr.Textbox(axis_prompts["gender"], lines=6, label="Prompts ('group: prompt')")
+            with gr.Row():
+                c["gen_samples"] = gr.Slider(1, 50, 5, step=1, label="Continuations per prompt")
+                c["gen_tokens"] = gr.Slider(4, 64, 20, step=1, label="Max new tokens")
+                c["gen_temperature"] = gr.Slider(0.1, 2.0, 1.0, step=0.05, label="Temperature")
+                c["gen_top_p"] = gr.Slider(0.1, 1.0, 0.95, step=0.01, label="Top-p")
+            with gr.Row():
+                c["gen_use_classifier"] = gr.Checkbox(True, label="Sentiment of continuations with the classifier")
+                c["gen_label"] = gr.Textbox("auto", label="Classifier label to score")
+            with gr.Row():
+                c["gen_run"] = gr.Button("Generate and compare", variant="primary")
+                c["gen_stop"] = gr.Button("Stop", variant="stop")
+            c["gen_status"], c["gen_table"] = gr.Markdown(), gr.Dataframe(label="Per group", wrap=True)
+            c["gen_plots"] = _plots(PLOTS["generation"])
+            c["gen_notes"] = gr.Markdown()
+            with gr.Accordion("Continuations", open=False):
+                c["gen_samples_table"] = gr.Dataframe(wrap=True)
+        with gr.Tab("Fairness"):
+            gr.Markdown("Upload a CSV with `text`, `label` (two values) and `group` columns; without an upload the "
+                        "built-in example is used. The classifier's labels must match the data's labels by name or "
+                        "by class number.")
+            with gr.Row():
+                c["fair_file"] = gr.File(label="Labelled CSV (optional)", file_types=[".csv", ".tsv", ".jsonl"])
+                c["fair_positive"] = gr.Textbox("auto", label="Positive label", info="auto: 1 / pos… / true / yes")
+            c["fair_run"] = gr.Button("Measure fairness", variant="primary")
+            c["fair_status"], c["fair_table"] = gr.Markdown(), gr.Dataframe(label="Disparities", wrap=True)
+            c["fair_plots"] = _plots(PLOTS["fairness"])
+            c["fair_notes"] = gr.Markdown()
+            c["fair_groups"] = gr.Dataframe(label="Per group", wrap=True)
+        with gr.Tab("Report"):
+            c["report_run"] = gr.Button("Build report", variant="primary")
+            c["report_status"] = gr.Markdown("Run probes, then build the report (HTML with embedded charts, and JSON).")
+            with gr.Row():
+                c["report_html"] = gr.File(label="HTML report")
+                c["report_json"] = gr.File(label="JSON report")
+
+    common = [resamples, seed, sections, stop]
+    c["cf_run"].click(handlers.counterfactual,
+                      [c["cf_templates"], c["cf_groups"], c["cf_axes"], classifier_id, lm_id, c["cf_use_classifier"],
+                       c["cf_use_lm"], c["cf_label"], precision, *common],
+                      [c["cf_status"], c["cf_table"], *c["cf_plots"], c["cf_notes"], sections, c["cf_variants"]],
+                      api_name="bias_counterfactual")
+    c["cp_run"].click(handlers.crows, [c["cp_file"], lm_id, precision, c["cp_batch"], *common],
+                      [c["cp_status"], c["cp_table"], *c["cp_plots"], c["cp_notes"], sections], api_name="bias_crows")
+    c["gen_axis"].change(lambda axis: axis_prompts.get(axis, ""), c["gen_axis"], c["gen_prompts"],
+                         api_name="bias_generation_prompts")
+    c["gen_run"].click(handlers.generation,
+                       [c["gen_prompts"], lm_id, classifier_id, c["gen_use_classifier"], c["gen_label"],
+                        c["gen_samples"], c["gen_tokens"], c["gen_temperature"], c["gen_top_p"], precision, *common],
+                       [c["gen_status"], c["gen_table"], *c["gen_plots"], c["gen_notes"], sections,
+                        c["gen_samples_table"]], api_name="bias_generation")
+    c["fair_run"].click(handlers.fairness, [c["fair_file"], classifier_id, c["fair_positive"], resamples, seed, sections],
+                        [c["fair_status"], c["fair_table"], *c["fair_plots"], c["fair_notes"], sections,
+                         c["fair_groups"]], api_name="bias_fairness")
+    for name in ("cf_stop", "cp_stop", "gen_stop"):
+        # Not queued: a Stop click must reach the flag while the probe is still running.
+        c[name].click(lambda flag: flag.stop(), stop, None, queue=False, api_name=f"bias_{name}")
+    c["report_run"].click(handlers.report, sections, [c["report_status"], c["report_html"], c["report_json"]],
+                          api_name="bias_report")
+    flat = {k: v for k, v in c.items() if not isinstance(v, list)}
+    flat.update({f"{k}_{i}": plot for k, v in c.items() if isinstance(v, list) for i, plot in enumerate(v)})
+    return flat

@@ -1,0 +1,169 @@
+"""Explain tab: attention maps (one head, head average, rollout, all layers x heads) and SHAP token attributions."""
+from __future__ import annotations
+
+import gradio as gr
+
+from core.attention import (DEFAULT_MAX_TOKENS, EXPLAIN_TASKS, VIEWS, AttentionMaps, AttentionUnavailable,
+                            ExplainInputError, extract_attention, load_for_explain, overview_figure, view_figure)
+from core.model_manager import ModelLoadError
+from core.registry import CAUSAL_LM, TEXT_CLASSIFICATION, presets
+from core.shap_explain import (DEFAULT_MAX_EVALS, SHAP_DEFAULT_MAX_EVALS, Attribution, ShapStopped, attribution_bar_figure,
+                               attribution_html, explain_classifier, explain_continuation)
+from core.stopping import StopFlag
+from ui.components import model_picker, progress_callback, refresh_picker
+
+EXAMPLE_TEXT = "The acting was wonderful and the music moving, but the plot was predictable and far too long."
+MECHANISM_NOTE = ("ℹ️ Attention shows the **mechanism**: where each token reads from inside the model. It is not a full "
+                  "explanation of the output (weights are mixed by value vectors, MLPs and later layers). To see which "
+                  "tokens actually changed the prediction, use **SHAP attributions** in the tab next to this one.")
+SHAP_NOTE = ("Classifiers: SHAP (Partition explainer, tokens masked with the tokenizer's mask token) gives each token's "
+             "contribution to each class's log-odds. Language models: SHAP on the **log-probability of the continuation** "
+             "given the prompt (teacher forcing; masked prompt tokens become “...”), which is what "
+             "`shap.models.TeacherForcing` computes. Cost grows with the budget: each evaluation is one forward pass.")
+_FAILURES = (ExplainInputError, ModelLoadError, AttentionUnavailable, ShapStopped, ValueError)
+
+
+def default_model(services) -> str | None:
+    """An offline classifier if there is one, else the offline chat model: explanations should work out of the box."""
+    offline = [p.model_id for task in (TEXT_CLASSIFICATION, CAUSAL_LM) for p in presets(task) if p.offline]
+    return offline[0] if offline else None
+
+
+def _failure(err: Exception) -> str:
+    return f"⚠️ {err}"
+
+
+class ExplainHandlers:
+    """Event handlers: widget values in, core calls, core results out as components."""
+
+    def __init__(self, services):
+        self.services = services
+
+    def _load(self, model_id: str, progress: gr.Progress):
+        return load_for_explain(self.services.manager, model_id, progress_callback(progress))
+
+    # ---- attention ------------------------------------------------------------------------------------------------
+    def attention(self, model_id, text, max_tokens, view, layer, head, progress=gr.Progress()):
+        try:
+            loaded = self._load(model_id, progress)
+            maps = extract_attention(loaded, text, int(max_tokens))
+            layer, head = min(int(layer), maps.n_layers - 1), min(int(head), maps.n_heads - 1)
+            heatmap = view_figure(maps, view, layer, head)
+        except _FAILURES as err:
+            return None, _failure(err), None, None, gr.update(), gr.update()
+        notice = maps.fitted.notice()
+        if notice:
+            gr.Warning(notice)
+        status = (f"**{loaded.model_id}** · {maps.n_layers} layers x {maps.n_heads} heads · {len(maps.tokens)} tokens"
+                  + (f"\n\n{notice}" if notice else ""))
+        return (maps, status, heatmap, overview_figure(maps),
+                gr.update(maximum=maps.n_layers - 1, value=layer), gr.update(maximum=maps.n_heads - 1, value=head))
+
+    @staticmethod
+    def attention_view(maps: AttentionMaps | None, view, layer, head):
+        """Redraw from the weights already computed: switching layer, head or view costs no model call."""
+        if maps is None:
+            return gr.update()
+        try:
+            return view_figure(maps, view, int(layer), int(head))
+        except ExplainInputError as err:
+            gr.Warning(str(err))
+            return gr.update()
+
+    # ---- SHAP -----------------------------------------------------------------------------------------------------
+    def shap(self, model_id, text, continuation, max_evals, max_tokens, progress=gr.Progress()):
+        """A generator so the Stop button gets this run's flag before the long work starts."""
+        stop = StopFlag()
+        yield stop, None, "⏳ Running SHAP…", gr.update(), gr.update(), gr.update()
+        try:
+            loaded = self._load(model_id, progress)
+            notice = None
+            if loaded.task == TEXT_CLASSIFICATION:
+                attribution = explain_classifier(loaded, text, int(max_evals), int(max_tokens), stop,
+                                                 progress_callback(progress))
+            elif loaded.task == CAUSAL_LM:
+                attribution, notice = explain_continuation(loaded, text, continuation or "", int(max_evals),
+                                                           int(max_tokens), stop, progress_callback(progress))
+            else:
+                raise ExplainInputError(f"'{loaded.model_id}' is a plain encoder with no output to explain: pick a "
+                                        "classifier or a language model for SHAP (its attention works).")
+        except _FAILURES as err:
+            yield stop, None, _failure(err), gr.update(choices=[], value=None), None, None
+            return
+        notices = [n for n in (attribution.fitted.notice(), notice) if n]
+        for n in notices:
+            gr.Warning(n)
+        status = f"**{loaded.model_id}** · {attribution.summary()}" + "".join(f"\n\n{n}" for n in notices)
+        output = attribution.default_output
+        choices = [(name, i) for i, name in enumerate(attribution.output_names)]
+        yield (stop, attribution, status, gr.update(choices=choices, value=output), attribution_html(attribution, output),
+               attribution_bar_figure(attribution, output))
+
+    @staticmethod
+    def shap_view(attribution: Attribution | None, output):
+        if attribution is None or output is None:
+            return gr.update(), gr.update()
+        return attribution_html(attribution, int(output)), attribution_bar_figure(attribution, int(output))
+
+    @staticmethod
+    def stop(flag: StopFlag | None) -> str:
+        if flag is None:
+            return "Nothing is running."
+        flag.stop()
+        return "⏹️ Stopping after the current batch…"
+
+
+def build_tab(shell) -> dict[str, gr.Component]:
+    services = shell.services
+    handlers = ExplainHandlers(services)
+    gr.Markdown("See inside a classifier or a language model: where its attention goes, and which words drove its "
+                "output. Works with the presets, any Hugging Face id or local folder, and models saved by Fine-tune.")
+    with gr.Row():
+        model = model_picker(services, *EXPLAIN_TASKS, value=default_model(services))
+        refresh = gr.Button("↻ Refresh models", scale=0)
+    text = gr.Textbox(label="Text (for a language model: the prompt)", value=EXAMPLE_TEXT, lines=2)
+    max_tokens = gr.Slider(8, 128, value=DEFAULT_MAX_TOKENS, step=1, label="Max tokens",
+                           info="Longer text is cut at this many tokens (special tokens included), with a notice")
+    with gr.Tabs():
+        with gr.Tab("Attention", id="explain_attention_view"):
+            gr.Markdown(MECHANISM_NOTE)
+            with gr.Row():
+                view = gr.Radio(list(VIEWS), value=VIEWS[0], label="View",
+                                info="Rollout (Abnar & Zuidema): attention flow through all layers, residual included")
+                layer = gr.Slider(0, 11, value=0, step=1, label="Layer")
+                head = gr.Slider(0, 11, value=0, step=1, label="Head")
+            show = gr.Button("Show attention", variant="primary")
+            attention_status = gr.Markdown()
+            heatmap = gr.Plot(label="Attention (hover a cell for the exact weight)")
+            overview = gr.Plot(label="Overview: every layer x head")
+        with gr.Tab("SHAP attributions", id="explain_shap_view"):
+            gr.Markdown(SHAP_NOTE)
+            with gr.Row():
+                continuation = gr.Textbox(label="Continuation to explain (language models)", scale=2,
+                                          placeholder="empty: the model's own next token",
+                                          info="Scored after the prompt; a space is put between them unless one has it")
+                budget = gr.Slider(20, 2000, value=DEFAULT_MAX_EVALS, step=10, label="Budget (max model evaluations)",
+                                   info=f"shap's own default is {SHAP_DEFAULT_MAX_EVALS}; more = finer detail, slower")
+            with gr.Row():
+                explain = gr.Button("Explain with SHAP", variant="primary")
+                stop = gr.Button("Stop", variant="stop", scale=0)
+            shap_status = gr.Markdown()
+            output = gr.Dropdown(label="Output to show (class, or continuation token)", choices=[], interactive=True)
+            coloured = gr.HTML()
+            bars = gr.Plot(label="Strongest tokens")
+    maps_state, attribution_state, stop_state = gr.State(), gr.State(), gr.State()
+
+    refresh.click(refresh_picker(services, *EXPLAIN_TASKS), None, model, api_name="explain_refresh_models")
+    show.click(handlers.attention, [model, text, max_tokens, view, layer, head],
+               [maps_state, attention_status, heatmap, overview, layer, head], api_name="explain_attention")
+    for control, name in ((view, "view"), (layer, "layer"), (head, "head")):
+        control.input(handlers.attention_view, [maps_state, view, layer, head], heatmap,
+                      api_name=f"explain_attention_{name}")
+    explain.click(handlers.shap, [model, text, continuation, budget, max_tokens],
+                  [stop_state, attribution_state, shap_status, output, coloured, bars], api_name="explain_shap")
+    output.input(handlers.shap_view, [attribution_state, output], [coloured, bars], api_name="explain_shap_output")
+    stop.click(handlers.stop, stop_state, shap_status, api_name="explain_stop", concurrency_limit=None)
+    return {"model": model, "text": text, "max_tokens": max_tokens, "view": view, "layer": layer, "head": head,
+            "show": show, "heatmap": heatmap, "overview": overview, "continuation": continuation, "budget": budget,
+            "explain": explain, "stop": stop, "output": output, "coloured": coloured, "bars": bars,
+            "attention_status": attention_status, "shap_status": shap_status}

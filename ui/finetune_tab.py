@@ -1,0 +1,325 @@
+"""Fine-tune tab: upload data, train in the background with live curves, read the metrics, share the model."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+import plotly.graph_objects as go
+
+from core.finetune.data import ColumnMapping, columns, prepare, preview
+from core.finetune.hub import HubError, push_to_hub, zip_model
+from core.finetune.jobs import DONE, FAILED, Job, JobBusy, JobRegistry
+from core.finetune.metrics import ClassificationMetrics, EntityMetrics, Metrics, PerplexityMetrics
+from core.finetune.progress import ProgressSnapshot
+from core.finetune.tasks import Hyperparameters, default_hyperparameters
+from core.finetune.training import FineTuneResult, FineTuneSpec, run_finetune
+from core.model_manager import ModelLoadError
+from core.paths import assets_dir
+from core.registry import CAUSAL_LM, DEFAULT_CHAT_MODEL, ENCODER, OFFLINE_ENCODER, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION
+from core.services import Services
+from core.uploads import MAX_UPLOAD_BYTES, UploadError
+from ui.components import model_picker
+
+TASK_CHOICES = [("Text classification", TEXT_CLASSIFICATION), ("Causal LM (text or prompt → response)", CAUSAL_LM),
+                ("Named entities (token classification)", TOKEN_CLASSIFICATION)]
+# Which pickers' models each task can start from: classification heads go on encoders and decoders alike.
+BASES = {TEXT_CLASSIFICATION: (ENCODER, TEXT_CLASSIFICATION, CAUSAL_LM), CAUSAL_LM: (CAUSAL_LM,),
+         TOKEN_CLASSIFICATION: (ENCODER, TOKEN_CLASSIFICATION)}
+DEFAULT_BASE = {TEXT_CLASSIFICATION: OFFLINE_ENCODER, CAUSAL_LM: DEFAULT_CHAT_MODEL, TOKEN_CLASSIFICATION: OFFLINE_ENCODER}
+EXAMPLES = {TEXT_CLASSIFICATION: "sentiment_reviews.csv", CAUSAL_LM: "instructions.jsonl",
+            TOKEN_CLASSIFICATION: "ner_tiny.txt"}
+PLAIN, PAIRS = "Plain text", "Prompt / response"
+HYPER_FIELDS = ["learning_rate", "epochs", "batch_size", "max_length", "weight_decay", "warmup", "seed", "patience",
+                "evals_per_epoch", "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets"]
+
+
+def _guess(names: list[str], *wanted: str, fallback: bool = True) -> str | None:
+    """The first column named like one of `wanted`; else the first column (when `fallback`)."""
+    lowered = {n.lower(): n for n in names}
+    return next((lowered[w] for w in wanted if w in lowered), names[0] if names and fallback else None)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "…"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def progress_html(job: Job | None, snap: ProgressSnapshot | None) -> str:
+    if job is None:
+        return "<div class='ft-status'>No run yet: load data, check it, then press <b>Train</b>.</div>"
+    pct = 100 * (1.0 if job.state == DONE else snap.fraction)
+    state = {DONE: "finished", FAILED: "failed"}.get(job.state, snap.phase)
+    detail = f"step {snap.step}/{snap.total_steps} · elapsed {_duration(snap.elapsed)}" if snap.total_steps else ""
+    if detail and job.active:
+        detail += f" · ETA {_duration(snap.eta_seconds)}"
+    error = f"<div style='color:#b91c1c'><b>Error:</b> {job.error}</div>" if job.error else ""
+    return (f"<div class='ft-status'><b>{job.description}</b>: {state} {detail}"
+            f"<div style='background:#e5e7eb;border-radius:6px;height:14px;margin-top:6px'>"
+            f"<div style='width:{pct:.1f}%;background:#6366f1;height:14px;border-radius:6px'></div></div>{error}</div>")
+
+
+def loss_figure(snap: ProgressSnapshot | None) -> go.Figure:
+    fig = go.Figure()
+    if snap is not None:
+        for name, points in (("train loss", snap.train_loss), ("eval loss", snap.eval_loss)):
+            if points:
+                steps, values = zip(*points)
+                fig.add_scatter(x=steps, y=values, mode="lines+markers", name=name)
+    fig.update_layout(title="Loss", xaxis_title="step", yaxis_title="loss", height=320, margin=dict(l=40, r=10, t=40, b=40))
+    return fig
+
+
+def confusion_figure(metrics: ClassificationMetrics) -> go.Figure:
+    fig = go.Figure(go.Heatmap(z=metrics.confusion, x=metrics.labels, y=metrics.labels, colorscale="Blues",
+                               text=metrics.confusion, texttemplate="%{text}", showscale=False))
+    fig.update_layout(title="Confusion matrix (validation)", xaxis_title="predicted", yaxis_title="true",
+                      yaxis_autorange="reversed", height=340, margin=dict(l=60, r=10, t=40, b=50))
+    return fig
+
+
+def metrics_lines(metrics: Metrics) -> str:
+    if isinstance(metrics, ClassificationMetrics):
+        return (f"accuracy **{metrics.accuracy:.3f}** · macro precision {metrics.precision:.3f} · "
+                f"macro recall {metrics.recall:.3f} · macro F1 **{metrics.f1:.3f}**")
+    if isinstance(metrics, EntityMetrics):
+        return (f"entity F1 **{metrics.f1:.3f}** · precision {metrics.precision:.3f} · recall {metrics.recall:.3f} · "
+                f"token accuracy {metrics.token_accuracy:.3f}")
+    return (f"perplexity **{metrics.before:.2f} → {metrics.after:.2f}** "
+            f"({'lower is better' if metrics.after <= metrics.before else 'it went up: try a lower learning rate'}; "
+            f"{metrics.tokens:,} tokens)")
+
+
+def result_markdown(result: FineTuneResult) -> str:
+    how = ("stopped by you" if result.stopped else "stopped early (no improvement)" if result.early_stopped
+           else "completed")
+    kept = f"the best weights (step {result.best_step})" if result.best_step else "the final weights"
+    lines = [f"### Results: {result.card.name}",
+             f"Training {how} after {result.steps} steps in {_duration(result.train_seconds)}; kept {kept}. "
+             f"Trainable parameters: **{result.trainable_params:,}** of {result.total_params:,} "
+             f"({100 * result.trainable_params / max(1, result.total_params):.2f}%).",
+             f"- **Validation:** {metrics_lines(result.metrics)}"]
+    if result.extra_metrics is not None:
+        lines.append(f"- **Out-of-domain:** {metrics_lines(result.extra_metrics)}")
+    lines.append(f"\nSaved to `{result.folder}`; pick it as **★ {result.card.name}** in the other tabs' model lists.")
+    return "\n".join(lines)
+
+
+def report_table(result: FineTuneResult) -> pd.DataFrame:
+    if isinstance(result.metrics, PerplexityMetrics):
+        return pd.DataFrame()
+    return result.metrics.report.round(3)
+
+
+@dataclass
+class FinetuneHandlers:
+    """Event handlers: turn component values into core calls and core results into component updates."""
+
+    services: Services
+    jobs: JobRegistry
+
+    def task_changed(self, task: str):
+        hyper = default_hyperparameters(task)
+        choices = self.services.model_choices(*BASES[task])
+        lm, cls = task == CAUSAL_LM, task == TEXT_CLASSIFICATION
+        return (gr.update(choices=choices, value=DEFAULT_BASE[task]),
+                gr.update(visible=task != TOKEN_CLASSIFICATION, label="Text / response column" if lm else "Text column"),
+                gr.update(visible=cls), gr.update(visible=lm),
+                gr.update(info="stratified by class" if cls else "random rows (sentences for NER)"),
+                *[getattr(hyper, name) for name in HYPER_FIELDS])
+
+    @staticmethod
+    def file_changed(path: str | None):
+        empty = (gr.update(value=None), *(gr.update(choices=[]),) * 3, gr.skip())
+        if not path:
+            return *empty, ""
+        try:
+            table, names = preview(path), columns(path)
+        except UploadError as err:
+            return *empty, f"⚠️ {err}"
+        table = table.map(lambda v: v[:90] + "…" if isinstance(v, str) and len(v) > 90 else v)  # room for every column
+        prompt = _guess(names, "prompt", "instruction", "question", fallback=False)
+        return (table, gr.update(choices=names, value=_guess(names, "text", "response", "sentence", "review")),
+                gr.update(choices=names, value=_guess(names, "label", "labels", "sentiment", "class")),
+                gr.update(choices=names, value=prompt), PAIRS if prompt else PLAIN, "")
+
+    @staticmethod
+    def example(task: str):
+        return str(assets_dir() / EXAMPLES[task])
+
+    @staticmethod
+    def _prepare(task, train_file, text_col, label_col, lm_format, prompt_col, eval_percent, eval_file, ood_file, seed):
+        if not train_file:
+            raise UploadError("Upload a training file first (or load the example).")
+        mapping = ColumnMapping(text=text_col or "text", label=label_col or "label",
+                                prompt=prompt_col if task == CAUSAL_LM and lm_format == PAIRS else None)
+        return prepare(task, train_file, mapping, float(eval_percent), eval_file, ood_file, int(seed))
+
+    def check(self, task, train_file, text_col, label_col, lm_format, prompt_col, eval_percent, eval_file, ood_file,
+              seed) -> str:
+        try:
+            data = self._prepare(task, train_file, text_col, label_col, lm_format, prompt_col, eval_percent,
+                                 eval_file, ood_file, seed)
+        except UploadError as err:
+            return f"⚠️ {err}"
+        return f"✅ Ready: {data.summary()}"
+
+    def train(self, user_id, task, base_model, name, train_file, text_col, label_col, lm_format, prompt_col,
+              eval_percent, eval_file, ood_file, *hyper_values):
+        user_id = user_id or uuid.uuid4().hex
+        hyper = Hyperparameters(**dict(zip(HYPER_FIELDS, hyper_values)))
+        for field in ("batch_size", "max_length", "seed", "patience", "evals_per_epoch", "lora_r", "lora_alpha"):
+            setattr(hyper, field, int(getattr(hyper, field)))
+        try:
+            if hyper.learning_rate <= 0 or hyper.epochs <= 0 or hyper.batch_size < 1 or hyper.max_length < 8:
+                raise UploadError("Learning rate and epochs must be positive, batch size at least 1, max length at least 8.")
+            data = self._prepare(task, train_file, text_col, label_col, lm_format, prompt_col, eval_percent,
+                                 eval_file, ood_file, hyper.seed)
+            self.services.manager.resolve(base_model)  # an unknown model fails now, not on the training thread
+            spec = FineTuneSpec(task, base_model, data, hyper, name or "")
+            store = self.services.store
+            resolve = lambda model_id: self.services.manager.resolve(model_id).path  # noqa: E731
+            job = self.jobs.submit(user_id, f"{dict((v, k) for k, v in TASK_CHOICES)[task]} on {base_model}",
+                                   lambda progress, stop: run_finetune(spec, resolve, store, progress, stop))
+        except (UploadError, ModelLoadError, JobBusy) as err:
+            return user_id, f"⚠️ {err}"
+        return user_id, f"Started: {job.description}. You can leave this tab or reload the page; the run continues."
+
+    def stop(self, user_id) -> str:
+        if self.jobs.stop(user_id or ""):
+            return "Stopping at the next step; the best weights so far are kept and saved."
+        return "No run in progress."
+
+    def poll(self, user_id, shown_version, shown_state):
+        """Redraw only what changed since the last tick (most ticks change nothing)."""
+        job = self.jobs.get(user_id or "")
+        snap = job.progress.snapshot() if job else None
+        version, state = (snap.version if snap else -1), (job.state if job else "")
+        if version == shown_version and state == shown_state:
+            return (gr.skip(),) * 8
+        status, curves = progress_html(job, snap), loss_figure(snap)
+        if job is None or job.state != DONE:
+            return status, curves, gr.skip(), gr.skip(), gr.skip(), gr.skip(), version, state
+        result: FineTuneResult = job.result
+        confusion = (gr.update(value=confusion_figure(result.metrics), visible=True)
+                     if isinstance(result.metrics, ClassificationMetrics) else gr.update(visible=False))
+        picker = gr.update(choices=self.services.model_choices(*BASES[result.spec.task]))
+        report = report_table(result)
+        return (status, curves, result_markdown(result), gr.update(value=report, visible=not report.empty), confusion,
+                picker, version, state)
+
+    def _result_folder(self, user_id):
+        job = self.jobs.get(user_id or "")
+        if job is None or job.state != DONE:
+            raise gr.Error("Train a model first: there is no finished run to share.")
+        return job.result.folder
+
+    def download(self, user_id) -> str:
+        return str(zip_model(self._result_folder(user_id)))
+
+    def push(self, user_id, repo_id, token, private) -> str:
+        try:
+            return f"✅ Pushed to {push_to_hub(self._result_folder(user_id), repo_id, token, private)}"
+        except HubError as err:
+            return f"⚠️ {err}"
+
+
+def build_tab(shell) -> dict[str, gr.Component]:
+    services: Services = shell.services
+    h = FinetuneHandlers(services, JobRegistry())
+    c: dict[str, gr.Component] = {}
+    gr.Markdown("Train a model on your own data. Training runs in the background: you can switch tabs or reload "
+                "the page. The result is saved to the local model store and offered in every tab's model list.")
+    with gr.Row():
+        c["task"] = gr.Radio(TASK_CHOICES, value=TEXT_CLASSIFICATION, label="Task", scale=2)
+        c["model"] = model_picker(services, *BASES[TEXT_CLASSIFICATION], label="Base model", value=OFFLINE_ENCODER)
+    with gr.Row():
+        with gr.Column():
+            c["train_file"] = gr.File(label=f"Training data (CSV, TSV, JSONL, TXT; CoNLL 'token TAG' for NER; up to {MAX_UPLOAD_BYTES // 2**20} MiB)",
+                                      file_types=[".csv", ".tsv", ".jsonl", ".json", ".txt", ".conll"], type="filepath")
+            c["example"] = gr.Button("Load the example data for this task", size="sm")
+            c["preview"] = gr.Dataframe(label="Preview", interactive=False, max_height=260)
+        with gr.Column():
+            with gr.Row():
+                c["text_col"] = gr.Dropdown(label="Text column", allow_custom_value=True)
+                c["label_col"] = gr.Dropdown(label="Label column", allow_custom_value=True)
+            with gr.Row(visible=False) as lm_row:
+                c["lm_format"] = gr.Radio([PLAIN, PAIRS], value=PAIRS, label="Format")
+                c["prompt_col"] = gr.Dropdown(label="Prompt column", allow_custom_value=True)
+            c["eval_percent"] = gr.Slider(2, 50, value=10, step=1, label="Validation split (%)",
+                                          info="stratified by class")
+            with gr.Row():
+                c["eval_file"] = gr.File(label="Validation file (optional, replaces the split)", type="filepath")
+                c["ood_file"] = gr.File(label="Out-of-domain evaluation file (optional)", type="filepath")
+            c["check"] = gr.Button("Check data")
+            c["data_msg"] = gr.Markdown()
+    hyper = default_hyperparameters(TEXT_CLASSIFICATION)
+    with gr.Accordion("Hyperparameters", open=False):
+        with gr.Row():
+            c["learning_rate"] = gr.Number(hyper.learning_rate, label="Learning rate")
+            c["epochs"] = gr.Number(hyper.epochs, label="Epochs", minimum=0.1)
+            c["batch_size"] = gr.Number(hyper.batch_size, label="Batch size", precision=0, minimum=1)
+            c["max_length"] = gr.Number(hyper.max_length, label="Max length (tokens)", precision=0, minimum=8)
+            c["weight_decay"] = gr.Number(hyper.weight_decay, label="Weight decay", minimum=0)
+        with gr.Row():
+            c["warmup"] = gr.Number(hyper.warmup, label="Warmup (share of steps)", minimum=0, maximum=0.9)
+            c["seed"] = gr.Number(hyper.seed, label="Seed", precision=0)
+            c["patience"] = gr.Number(hyper.patience, label="Early-stopping patience (evals; 0 = off)", precision=0,
+                                      minimum=0)
+            c["evals_per_epoch"] = gr.Number(hyper.evals_per_epoch, label="Evaluations per epoch", precision=0,
+                                             minimum=1)
+        with gr.Row():
+            c["lora"] = gr.Checkbox(hyper.lora, label="LoRA (train a small adapter instead of every weight)")
+            c["lora_r"] = gr.Number(hyper.lora_r, label="LoRA r", precision=0, minimum=1)
+            c["lora_alpha"] = gr.Number(hyper.lora_alpha, label="LoRA alpha", precision=0, minimum=1)
+            c["lora_dropout"] = gr.Number(hyper.lora_dropout, label="LoRA dropout", minimum=0, maximum=0.9)
+            c["lora_targets"] = gr.Textbox(hyper.lora_targets, label="LoRA target modules",
+                                           placeholder="default for the architecture, e.g. q_proj,v_proj")
+    with gr.Row():
+        c["name"] = gr.Textbox(label="Save as", placeholder="name in the model store (default: base model + task)")
+        c["train"] = gr.Button("Train", variant="primary")
+        c["stop"] = gr.Button("Stop", variant="stop")
+    c["message"] = gr.Markdown()
+    c["status"] = gr.HTML(progress_html(None, None))
+    c["curves"] = gr.Plot(label="Loss curves")
+    c["results"] = gr.Markdown()
+    with gr.Row():
+        c["report"] = gr.Dataframe(label="Per-class / per-entity report (validation)", interactive=False, visible=False)
+        c["confusion"] = gr.Plot(label="Confusion matrix", visible=False)
+    with gr.Accordion("Download or share the trained model", open=False):
+        with gr.Row():
+            c["zip"] = gr.Button("Download as zip")
+            c["zip_file"] = gr.File(label="Model zip", interactive=False)
+        with gr.Row():
+            c["repo"] = gr.Textbox(label="Hub repository", placeholder="your-name/my-model")
+            c["token"] = gr.Textbox(label="Hugging Face token (write access; used once, never stored)", type="password")
+            c["private"] = gr.Checkbox(True, label="Private")
+            c["push"] = gr.Button("Push to the Hub")
+        c["push_msg"] = gr.Markdown()
+    c["user"] = gr.BrowserState("", storage_key="llmpg_finetune_user")
+    shown_version, shown_state = gr.State(-1), gr.State("")
+    c["timer"] = gr.Timer(1.0)
+
+    hyper_inputs = [c[f] for f in HYPER_FIELDS]
+    data_inputs = [c["task"], c["train_file"], c["text_col"], c["label_col"], c["lm_format"], c["prompt_col"],
+                   c["eval_percent"], c["eval_file"], c["ood_file"]]
+    c["task"].change(h.task_changed, c["task"], [c["model"], c["text_col"], c["label_col"], lm_row, c["eval_percent"],
+                                                 *hyper_inputs], api_name="finetune_task")
+    c["train_file"].change(h.file_changed, c["train_file"],
+                           [c["preview"], c["text_col"], c["label_col"], c["prompt_col"], c["lm_format"],
+                            c["data_msg"]],
+                           api_name="finetune_preview")
+    c["example"].click(h.example, c["task"], c["train_file"], api_name="finetune_example")
+    c["check"].click(h.check, [*data_inputs, c["seed"]], c["data_msg"], api_name="finetune_check")
+    c["train"].click(h.train, [c["user"], c["task"], c["model"], c["name"], *data_inputs[1:], *hyper_inputs],
+                     [c["user"], c["message"]], api_name="finetune_train")
+    c["stop"].click(h.stop, c["user"], c["message"], api_name="finetune_stop")
+    c["timer"].tick(h.poll, [c["user"], shown_version, shown_state],
+                    [c["status"], c["curves"], c["results"], c["report"], c["confusion"], c["model"], shown_version,
+                     shown_state], api_name="finetune_poll", show_progress="hidden")
+    c["zip"].click(h.download, c["user"], c["zip_file"], api_name="finetune_zip")
+    c["push"].click(h.push, [c["user"], c["repo"], c["token"], c["private"]], c["push_msg"], api_name="finetune_push")
+    return c

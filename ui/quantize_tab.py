@@ -1,0 +1,151 @@
+"""Quantize tab: measure compressed variants of one model side by side, then try one in the Chat tab."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from core.model_manager import ModelLoadError
+from core.paths import assets_dir
+from core.quantize import VARIANTS, CompressionOptions, register_variant
+from core.quantize_metrics import (Comparison, EvalSettings, compare_variants, read_labelled_csv, size_quality_figure,
+                                   speed_figure)
+from core.registry import CAUSAL_LM, TEXT_CLASSIFICATION
+from core.stopping import StopFlag
+from core.uploads import UploadError, read_text_file
+from ui.components import model_picker, progress_callback
+
+BUILT_IN, UPLOADED = "Built-in sample (assets/eval_text.txt)", "Uploaded text file"
+TASKS = {"Language model": CAUSAL_LM, "Classifier": TEXT_CLASSIFICATION}
+DEFAULT_VARIANTS = ["fp32", "bf16", "fp16", "int8-dynamic", "bnb-nf4", "pruned", "low-rank"]
+
+
+class SessionStopFlag(StopFlag):
+    """gr.State deep-copies its value once per session, and a threading.Event cannot be copied: give a fresh flag."""
+
+    def __deepcopy__(self, _memo) -> "SessionStopFlag":
+        return SessionStopFlag()
+
+
+class QuantizeHandlers:
+    """Event handlers: turn widget values into core calls and core results into components."""
+
+    def __init__(self, shell):
+        self.services = shell.services
+        self.device = shell.services.manager.device.kind
+        # The chat tab is built first; alone (LLMPG_TABS=quantize) there is no chat picker to update.
+        self.chat_model = shell.components.get("chat", {}).get("model")
+
+    def _evaluation(self, task: str, source: str, text_file, labels_csv):
+        if task == CAUSAL_LM:
+            if source == UPLOADED:
+                if not text_file:
+                    raise UploadError("Upload a .txt file, or choose the built-in sample.")
+                return read_text_file(text_file)
+            return (assets_dir() / "eval_text.txt").read_text(encoding="utf-8")
+        if not labels_csv:
+            raise UploadError("A classifier is measured on labelled data: upload a CSV with text,label columns.")
+        return read_labelled_csv(labels_csv)
+
+    def run(self, model_id, kind, variants, sparsity, rank, source, text_file, labels_csv, max_tokens, decode_tokens,
+            stop: StopFlag, progress=gr.Progress()):
+        stop.reset()
+        task = TASKS[kind]
+        try:
+            evaluation = self._evaluation(task, source, text_file, labels_csv)
+            base = self.services.manager.load(model_id, task, precision="fp32", progress=progress_callback(progress))
+            runs = compare_variants(base.model_id, task, base.model, base.tokenizer, list(variants or []), evaluation,
+                                    CompressionOptions(float(sparsity), int(rank)),
+                                    EvalSettings(max_eval_tokens=int(max_tokens), decode_tokens=int(decode_tokens)),
+                                    self.device, progress_callback(progress), stop)
+            comparison = None
+            for comparison in runs:
+                yield self._outputs(comparison, f"Measured {len(comparison.results)} of {len(set(variants) | {'fp32'})} "
+                                                "variants…", final=False)
+            if comparison is not None:
+                done = "Stopped." if stop.stopped else "Done."
+                yield self._outputs(comparison, f"{done} {self._summary(comparison)}", final=True)
+        except (ModelLoadError, UploadError, ValueError) as err:
+            yield (gr.update(),) * 4 + (f"❌ {err}", gr.update())
+
+    @staticmethod
+    def _summary(comparison: Comparison) -> str:
+        unit = "tokens" if comparison.task == CAUSAL_LM else "labelled texts"
+        skipped = [r.variant for r in comparison.results if r.status != "ok"]
+        return (f"{len(comparison.ok())} variants of **{comparison.model_id}** measured on {comparison.eval_tokens} {unit} "
+                f"with {comparison.threads} threads." + (f" Not run here: {', '.join(skipped)} (see notes)." if skipped else ""))
+
+    @staticmethod
+    def _outputs(comparison: Comparison, status: str, final: bool):
+        frame = comparison.frame()
+        csv = gr.update()
+        if final:
+            path = Path(tempfile.mkdtemp(prefix="quantize_")) / "quantize_comparison.csv"
+            frame.to_csv(path, index=False)
+            csv = gr.update(value=str(path), visible=True)
+        choices = [r.variant for r in comparison.ok()]
+        return (frame, size_quality_figure(comparison), speed_figure(comparison), csv, status,
+                gr.update(choices=choices, value=choices[-1] if choices else None))
+
+    def load_into_chat(self, model_id, kind, variant, sparsity, rank, progress=gr.Progress()):
+        task = TASKS[kind]
+        if not variant:
+            gr.Warning("Run a comparison first, then pick one of its variants.")
+            return gr.update(), gr.update(), gr.update()
+        try:
+            base = self.services.manager.load(model_id, task, precision="fp32", progress=progress_callback(progress))
+            loaded = register_variant(self.services.manager, base, variant, CompressionOptions(float(sparsity), int(rank)))
+        except (ModelLoadError, ValueError) as err:
+            return f"❌ {err}", gr.update(), gr.update()
+        if task != CAUSAL_LM:
+            return f"Registered **{loaded.model_id}**: pick it in the Classify tab.", gr.update(), gr.update()
+        if self.chat_model is None:
+            return f"Registered **{loaded.model_id}** (the Chat tab is not part of this app).", gr.update(), gr.update()
+        chat = gr.update(choices=self.services.model_choices(CAUSAL_LM), value=loaded.model_id)
+        return f"Loaded **{loaded.model_id}** into the Chat tab.", chat, gr.Tabs(selected="chat")
+
+
+def build_tab(shell) -> dict[str, gr.Component]:
+    handlers = QuantizeHandlers(shell)
+    gr.Markdown("Compare compressed versions of one model in a single run: serialized size, conversion time, peak "
+                "memory, prefill latency, decode speed, perplexity and agreement with fp32 (top-1 next token, KL "
+                "divergence). Variants that cannot run on this machine are listed with the reason.")
+    with gr.Row():
+        with gr.Column(scale=2):
+            model = model_picker(shell.services, CAUSAL_LM, TEXT_CLASSIFICATION)
+            kind = gr.Radio(list(TASKS), value="Language model", label="Model type")
+            variants = gr.CheckboxGroup([(f"{n}: {s.description}", n) for n, s in VARIANTS.items()],
+                                        value=DEFAULT_VARIANTS, label="Variants (fp32 is always measured as the baseline)")
+        with gr.Column(scale=1):
+            sparsity = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Pruning sparsity")
+            rank = gr.Slider(4, 512, value=64, step=4, label="Low-rank factorization rank")
+            source = gr.Radio([BUILT_IN, UPLOADED], value=BUILT_IN, label="Evaluation text (language models)")
+            text_file = gr.File(label="Text file (.txt)", file_types=[".txt"], type="filepath")
+            labels_csv = gr.File(label="Labelled CSV for classifiers (text,label)", file_types=[".csv"], type="filepath")
+            with gr.Accordion("Measurement settings", open=False):
+                max_tokens = gr.Slider(64, 4096, value=2048, step=64, label="Evaluation tokens (text is cut after)")
+                decode_tokens = gr.Slider(4, 128, value=32, step=4, label="Decode tokens timed per run")
+    stop_flag = gr.State(SessionStopFlag())
+    with gr.Row():
+        run = gr.Button("Compare variants", variant="primary")
+        stop = gr.Button("Stop after this variant", variant="stop")
+    status = gr.Markdown()
+    table = gr.Dataframe(label="Results", interactive=False, wrap=True)
+    with gr.Row():
+        size_plot = gr.Plot(label="Size vs quality")
+        speed_plot = gr.Plot(label="Speed")
+    csv = gr.File(label="Results as CSV", visible=False)
+    with gr.Row():
+        variant = gr.Dropdown(label="Variant to try", choices=[], interactive=True)
+        load = gr.Button("Load variant into Chat")
+    load_status = gr.Markdown()
+
+    run.click(handlers.run, [model, kind, variants, sparsity, rank, source, text_file, labels_csv, max_tokens,
+                             decode_tokens, stop_flag], [table, size_plot, speed_plot, csv, status, variant],
+              api_name="quantize_compare")
+    stop.click(lambda flag: flag.stop(), [stop_flag], None, api_name="quantize_stop", concurrency_limit=None)
+    chat_outputs = [load_status, handlers.chat_model or gr.State(), shell.tabs]
+    load.click(handlers.load_into_chat, [model, kind, variant, sparsity, rank], chat_outputs, api_name="quantize_load_chat")
+    return {"model": model, "variants": variants, "run": run, "stop": stop, "table": table, "variant": variant,
+            "load": load, "status": status}
