@@ -2,7 +2,7 @@
 
     PYTHONPATH=. .venv/bin/python bench/quantize_compare.py [--variants fp32,int8-dynamic,...] [--tokens 2048]
 
-Prints the full table, then int8-dynamic's serialized size and decode speed next to fp32, measured in the same run.
+Prints the full table, then each int8 variant's serialized size, decode speed and quality next to fp32, measured in the same run.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default="fp32,bf16,fp16,int8-dynamic,bnb-int8,bnb-nf4,torchao-int8,torchao-int4,"
-                                              "pruned,low-rank")
+    parser.add_argument("--variants", default="fp32,bf16,fp16,int8-dynamic,int8-weight-only,bnb-int8,bnb-nf4,"
+                                              "torchao-int8,torchao-int4,pruned,low-rank")
     parser.add_argument("--tokens", type=int, default=2048, help="evaluation tokens of assets/eval_text.txt")
     parser.add_argument("--sparsity", type=float, default=0.3)
     parser.add_argument("--rank", type=int, default=256)
@@ -49,14 +49,17 @@ def main() -> int:
     print(f"SmolLM2-135M-Instruct, {comparison.eval_tokens} tokens of assets/eval_text.txt, {threads} threads, CPU")
     print(comparison.frame().drop(columns=["description"]).to_string(index=False))
     rows = {r.variant: r for r in comparison.ok()}
-    if "int8-dynamic" in rows:
-        fp32, int8 = rows["fp32"], rows["int8-dynamic"]
-        print(f"serialized size: int8-dynamic {int8.size_mb:.1f} MiB | fp32 {fp32.size_mb:.1f} MiB | "
-              f"ratio {fp32.size_mb / int8.size_mb:.2f}x smaller")
-        print(f"decode speed:    int8-dynamic {int8.decode_tok_s:.1f} tok/s | fp32 {fp32.decode_tok_s:.1f} tok/s | "
-              f"ratio {int8.decode_tok_s / fp32.decode_tok_s:.2f}")
-        print(f"perplexity:      int8-dynamic {int8.perplexity:.3f} | fp32 {fp32.perplexity:.3f}; "
-              f"top-1 agreement {int8.top1_agreement:.1%}, mean KL {int8.mean_kl:.4f} nats")
+    fp32 = rows["fp32"]
+    for name in ("int8-dynamic", "int8-weight-only"):
+        if name in rows:
+            int8 = rows[name]
+            print(f"{name}: serialized size {int8.size_mb:.1f} MiB | fp32 {fp32.size_mb:.1f} MiB | "
+                  f"ratio {fp32.size_mb / int8.size_mb:.2f}x smaller")
+            print(f"{name}: decode {int8.decode_tok_s:.1f} tok/s | fp32 {fp32.decode_tok_s:.1f} tok/s | "
+                  f"ratio {int8.decode_tok_s / fp32.decode_tok_s:.2f}; prefill {int8.prefill_ms:.0f} ms | "
+                  f"fp32 {fp32.prefill_ms:.0f} ms")
+            print(f"{name}: perplexity {int8.perplexity:.3f} | fp32 {fp32.perplexity:.3f}; "
+                  f"top-1 agreement {int8.top1_agreement:.1%}, mean KL {int8.mean_kl:.4f} nats")
     return 0
 
 

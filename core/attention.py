@@ -209,7 +209,7 @@ def matrix_figure(maps: AttentionMaps, matrix: np.ndarray, title: str) -> go.Fig
     fig = go.Figure(go.Heatmap(z=shown, x=list(range(n)), y=list(range(n)), text=hover, colorscale="Blues", zmin=0,
                                hovertemplate="%{text}<br>weight %{z:.4f}<extra></extra>", colorbar={"title": "weight"}))
     side = max(420, min(900, 26 * n + 160))
-    fig.update_layout(title=title, height=side, margin={"l": 10, "r": 10, "t": 50, "b": 10},
+    fig.update_layout(title=title, height=side, plot_bgcolor="white", margin={"l": 10, "r": 10, "t": 50, "b": 10},
                       xaxis={"tickvals": list(range(n)), "ticktext": maps.tokens, "tickangle": -60, "side": "top",
                              "title": "attends to (key)"},
                       yaxis={"tickvals": list(range(n)), "ticktext": maps.tokens, "autorange": "reversed",
@@ -228,26 +228,29 @@ def _pool(matrix: np.ndarray, size: int) -> np.ndarray:
 
 
 def overview_figure(maps: AttentionMaps) -> go.Figure:
-    """Small multiples of every layer x head as one heatmap mosaic; panels are pooled to stay light."""
+    """Small multiples of every layer x head as one heatmap mosaic (layers across, heads down), panels pooled to stay light."""
     layers, heads, n = maps.n_layers, maps.n_heads, len(maps.tokens)
     size = max(4, min(n, int(np.sqrt(OVERVIEW_MAX_CELLS / (layers * heads)))))
-    cell = size + 1  # one NaN row/column between panels as a gap
-    mosaic = np.full((layers * cell - 1, heads * cell - 1), np.nan)
+    cell = size + 1  # one empty row/column between panels as a gap
+    mosaic = np.full((heads * cell - 1, layers * cell - 1), np.nan)
     where = np.empty(mosaic.shape, dtype=object)
     for layer in range(layers):
         for head in range(heads):
-            r, c = layer * cell, head * cell
+            r, c = head * cell, layer * cell
             mosaic[r:r + size, c:c + size] = _pool(maps.weights[layer, head], size)
             where[r:r + size, c:c + size] = f"layer {layer}, head {head}"
     fig = go.Figure(go.Heatmap(z=mosaic, text=where, colorscale="Blues", zmin=0, showscale=False,
                                hovertemplate="%{text}<br>weight %{z:.3f}<extra></extra>"))
-    pooled = f" (each panel pooled to {size}x{size})" if size < n else ""
-    fig.update_layout(title=f"All {layers} layers x {heads} heads{pooled}", height=max(300, min(1400, 70 * layers + 120)),
-                      margin={"l": 10, "r": 10, "t": 50, "b": 10},
-                      xaxis={"tickvals": [h * cell + size / 2 for h in range(heads)], "ticktext": [f"h{h}" for h in range(heads)],
-                             "side": "top", "showgrid": False},
-                      yaxis={"tickvals": [l * cell + size / 2 for l in range(layers)], "ticktext": [f"L{l}" for l in range(layers)],
-                             "autorange": "reversed", "showgrid": False})
+    pooled = f"; each panel pooled to {size}x{size}" if size < n else ""
+    # Square panels: the page is ~1300 px wide, so the height follows the heads/layers ratio.
+    height = int(min(1000, max(260, 1300 * heads / layers + 110)))
+    fig.update_layout(title=f"All {layers} layers (across) x {heads} heads (down){pooled}", height=height,
+                      plot_bgcolor="white", margin={"l": 10, "r": 10, "t": 70, "b": 10},
+                      xaxis={"tickvals": [l * cell + size / 2 for l in range(layers)], "ticktext": [f"L{l}" for l in range(layers)],
+                             "side": "top", "showgrid": False, "zeroline": False, "constrain": "domain"},
+                      yaxis={"tickvals": [h * cell + size / 2 for h in range(heads)], "ticktext": [f"h{h}" for h in range(heads)],
+                             "autorange": "reversed", "showgrid": False, "zeroline": False, "scaleanchor": "x",
+                             "constrain": "domain"})
     return fig
 
 

@@ -17,6 +17,7 @@ MAX_BYTES = 5 * 2**20
 CHUNK = 16  # texts per forward pass; also how often progress is reported and the stop flag checked
 LIMITS = (f"Up to {MAX_ROWS:,} rows and {MAX_BYTES // 2**20} MiB per file. CSV: pick the column that holds the text. "
           f"TXT: one text per line. Long texts are truncated to the model's length.")
+RESULT_COLUMNS = ["text", "label", "confidence", "entropy", "low_confidence"]  # then one p(<class>) column per class
 TEXT_COLUMN_HINTS = ("text", "sentence", "review", "content", "body", "comment", "message")
 
 
@@ -29,7 +30,7 @@ class BatchInput:
 
 @dataclass(frozen=True)
 class BatchResult:
-    table: pd.DataFrame  # text, label, confidence, low_confidence, one column per class
+    table: pd.DataFrame  # RESULT_COLUMNS, then one probability column per class
     stopped: bool
     skipped_empty: int
 
@@ -97,7 +98,8 @@ def classify_batch(classifier, texts: list[str], threshold: float = DEFAULT_THRE
                          **{f"p({name})": round(float(p), 4) for name, p in zip(labels, row)}})
         done = min(start + CHUNK, len(texts))
         report(done / len(texts), f"Labelled {done:,} of {len(texts):,} texts")
-    return BatchResult(pd.DataFrame(rows), stopped, skipped_empty)
+    table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=RESULT_COLUMNS)
+    return BatchResult(table, stopped, skipped_empty)
 
 
 def save_results(table: pd.DataFrame, folder: Path, name: str = "classified.csv") -> Path:

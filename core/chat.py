@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import torch
@@ -70,10 +70,10 @@ class ReplyStats:
 
 @dataclass
 class ReplyChunk:
-    """The reply so far; the last chunk of a stream has `done` set and final stats."""
+    """The reply so far; the last chunk of a stream has `done` set, final stats and the token steps."""
 
     text: str
-    stats: ReplyStats
+    stats: ReplyStats  # a snapshot: later tokens do not change it
     steps: list[TokenStep] = field(default_factory=list)
     done: bool = False
 
@@ -176,7 +176,8 @@ def stream_reply(model, tokenizer, prompt_ids: list[int], settings: SamplingSett
             stats.finish = STOPPED
             break
         stats.seconds = time.perf_counter() - start
-        yield ReplyChunk(text, stats, steps)
+        # A token can end inside a multi-byte character: hold its replacement mark back until the rest arrives.
+        yield ReplyChunk(text.rstrip("\ufffd"), replace(stats))
         step_input = token[:, None]
     now = time.perf_counter()
     stats.seconds = now - start

@@ -110,3 +110,18 @@ def classify_text(classifier, text: str, threshold: float = DEFAULT_THRESHOLD) -
     kept, notice = fit_to_model(classifier.tokenizer, text, classifier.max_length)
     probs = classifier.predict([kept])
     return ClassificationResult(text, probs, confidence(probs.probs[0], threshold), notice)
+
+
+def probability_figure(result: ClassificationResult):
+    """Horizontal bars of every class probability, most likely on top, with the confidence threshold marked."""
+    import plotly.graph_objects as go
+
+    ranked = result.ranked()[::-1]  # plotly draws the first bar at the bottom
+    colours = ["#4f46e5" if label == result.label else "#a5b4fc" for label, _ in ranked]
+    figure = go.Figure(go.Bar(x=[p for _, p in ranked], y=[label for label, _ in ranked], orientation="h",
+                              marker_color=colours, text=[f"{p:.1%}" for _, p in ranked], textposition="auto"))
+    figure.add_vline(x=result.confidence.threshold, line_dash="dash", line_color="#dc2626",
+                     annotation_text=f"threshold {result.confidence.threshold:.2f}", annotation_position="top")
+    figure.update_layout(xaxis=dict(range=[0, 1], title="probability"), height=120 + 32 * len(ranked),
+                         margin=dict(l=10, r=10, t=30, b=40), showlegend=False)
+    return figure

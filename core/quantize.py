@@ -105,27 +105,55 @@ def build_fp32(fp32: nn.Module, _opts: CompressionOptions) -> BuiltVariant:
     return BuiltVariant(fp32, 0, unique_params(fp32), ["the reference every other variant is compared with"])
 
 
-def build_int8_dynamic(fp32: nn.Module, _opts: CompressionOptions) -> BuiltVariant:
-    """int8 weights, activations quantized on the fly; embeddings too (weight-only, per row).
+def _quantize_embeddings(model: nn.Module, linear_qconfig=None) -> nn.Module:
+    """Embedding tables to int8 (weight-only, one scale per row), and linears to dynamic int8 when given a qconfig."""
+    from torch.ao.quantization import float_qparams_weight_only_qconfig
 
-    quantize_dynamic alone leaves the embedding table in fp32, and in a small LM with tied
-    embeddings that table is a fifth of the model: quantizing it as well is what makes the
-    stored model several times smaller. The tied lm_head becomes its own int8 copy.
-    """
-    from torch.ao.quantization import default_dynamic_qconfig, float_qparams_weight_only_qconfig
-
-    model, notes = _linear_copy(fp32)
-    total = unique_params(fp32)
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    embeddings = [m for m in model.modules() if type(m) is nn.Embedding]
-    compressed = sum({id(p): p.numel() for m in linears + embeddings for p in m.parameters()}.values())
+    spec = {nn.Embedding: float_qparams_weight_only_qconfig}
+    if linear_qconfig is not None:
+        spec[nn.Linear] = linear_qconfig
     with warnings.catch_warnings():  # torch.ao is deprecated in 2.13 but still the fastest int8 path on CPU
         warnings.simplefilter("ignore")
-        model = torch.ao.quantization.quantize_dynamic(
-            model, {nn.Linear: default_dynamic_qconfig, nn.Embedding: float_qparams_weight_only_qconfig}, dtype=torch.qint8)
-    if getattr(getattr(fp32, "config", None), "tie_word_embeddings", False):
-        notes.append("tied embedding and lm_head are stored as two int8 tables")
-    return BuiltVariant(model, compressed, total, notes)
+        return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8)
+
+
+def _int8_builder(linear_qconfig: Callable[[], object] | None, note: str):
+    def build(fp32: nn.Module, _opts: CompressionOptions) -> BuiltVariant:
+        model, notes = _linear_copy(fp32)
+        layers = [m for m in model.modules() if isinstance(m, nn.Linear) or type(m) is nn.Embedding]
+        compressed = sum({id(p): p.numel() for m in layers for p in m.parameters()}.values())  # tied tables once
+        if linear_qconfig is None:
+            for parent in list(model.modules()):
+                for name, child in list(parent.named_children()):
+                    if isinstance(child, nn.Linear):
+                        setattr(parent, name, Int8WeightOnlyLinear(child))
+        model = _quantize_embeddings(model, linear_qconfig() if linear_qconfig else None)
+        if getattr(getattr(fp32, "config", None), "tie_word_embeddings", False):
+            notes.append("tied embedding and lm_head are stored as two int8 tables")
+        return BuiltVariant(model, compressed, unique_params(fp32), notes + [note])
+
+    return build
+
+
+class Int8WeightOnlyLinear(nn.Module):
+    """int8 weights with one fp32 scale per output row, dequantized at each call; activations stay fp32."""
+
+    def __init__(self, layer: nn.Linear):
+        super().__init__()
+        weight = layer.weight.data.float()
+        scale = weight.abs().amax(dim=1).clamp_min(1e-12) / 127
+        self.register_buffer("qweight", torch.round(weight / scale[:, None]).to(torch.int8))
+        self.register_buffer("scale", scale)
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.data.clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, (self.qweight.to(x.dtype) * self.scale[:, None].to(x.dtype)), self.bias)
+
+
+def _dynamic_qconfig():
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    return per_channel_dynamic_qconfig
 
 
 def _replace_block_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> int:
@@ -248,7 +276,12 @@ VARIANTS: dict[str, VariantSpec] = {spec.name: spec for spec in (
     VariantSpec("fp32", "full precision baseline", build_fp32, _always),
     VariantSpec("bf16", "bfloat16 weights and activations", _dtype_builder(torch.bfloat16), _always),
     VariantSpec("fp16", "float16 weights and activations", _dtype_builder(torch.float16), _needs_gpu),
-    VariantSpec("int8-dynamic", "torch.ao dynamic int8 linears + int8 embeddings", build_int8_dynamic, _always),
+    # Dynamic int8 also quantizes activations, one scale per tensor: layers fed outlier activations (LLaMA's
+    # down_proj) lose the most, which is why the weight-only variant sits next to it.
+    VariantSpec("int8-dynamic", "torch.ao dynamic int8 linears + int8 embeddings",
+                _int8_builder(_dynamic_qconfig, "activations quantized per tensor at run time"), _always),
+    VariantSpec("int8-weight-only", "int8 weights, fp32 activations + int8 embeddings",
+                _int8_builder(None, "weights dequantized at each call, activations stay fp32"), _always),
     VariantSpec("bnb-int8", "bitsandbytes LLM.int8 linears (slow on CPU)", _bnb_builder(_bnb_int8),
                 _needs_module("bitsandbytes", "pip install bitsandbytes")),
     VariantSpec("bnb-nf4", "bitsandbytes 4-bit NF4 linears (slow on CPU)", _bnb_builder(_bnb_nf4),

@@ -75,6 +75,7 @@ class Comparison:
 
     def frame(self) -> pd.DataFrame:
         frame = pd.DataFrame([asdict(r) for r in self.results]).dropna(axis=1, how="all")
+        frame = frame[[c for c in frame if c not in ("description", "notes")] + ["notes", "description"]]  # long text last
         for column in frame.select_dtypes("number"):
             # 4 significant digits: KL divergences are tiny, sizes and speeds are not
             frame[column] = frame[column].map(lambda x: float(f"{x:.4g}"), na_action="ignore")
@@ -332,9 +333,19 @@ def size_quality_figure(comparison: Comparison):
                                marker={"size": 12, "color": [r.compressed_share for r in rows], "colorscale": "Viridis",
                                        "colorbar": {"title": "share<br>compressed"}, "cmin": 0, "cmax": 1}))
     fig.update_layout(title=f"Size vs {'perplexity (lower is better)' if lm else 'accuracy'}", height=380,
+                      xaxis_range=_padded([r.size_mb for r in rows]), yaxis_range=_padded(fig.data[0].y),
                       xaxis_title="serialized size (MiB)", yaxis_title="perplexity" if lm else "accuracy",
                       margin={"l": 50, "r": 20, "t": 50, "b": 40})
     return fig
+
+
+def _padded(values, share: float = 0.2) -> list[float] | None:
+    """Axis range with room around the points, so their text labels are not cut at the plot's edge."""
+    if not values:
+        return None
+    low, high = min(values), max(values)
+    pad = (high - low) * share or abs(high) * 0.1 or 1.0
+    return [low - pad, high + pad]
 
 
 def speed_figure(comparison: Comparison):

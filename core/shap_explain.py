@@ -29,6 +29,25 @@ BATCH_SIZE = 32
 _EPS = 1e-7
 
 
+def load_shap():
+    """shap, with its numba helpers run as plain Python.
+
+    shap jit-compiles five small tree helpers with numba on first use in each process: 10-40 s on two
+    shared CPU cores (measured), longer than an explanation. Their Python originals give identical values
+    (checked to 1e-16) in milliseconds at text sizes; numba's on-disk cache segfaulted on the recursive ones.
+    """
+    import shap
+    from shap.explainers import _partition
+    from shap.utils import _masked_model
+
+    for module, name in ((_partition, "lower_credit"), (_masked_model, "_build_fixed_single_output"),
+                         (_masked_model, "_build_fixed_multi_output"), (_masked_model, "_init_masks"),
+                         (_masked_model, "_rec_fill_masks")):
+        helper = getattr(module, name)
+        setattr(module, name, getattr(helper, "py_func", helper))
+    return shap
+
+
 class ShapStopped(RuntimeError):
     """The user pressed Stop while SHAP was running."""
 
@@ -80,8 +99,7 @@ class _BatchedScorer:
 
 
 def _run_partition(scorer: _BatchedScorer, masker, text: str, names: list[str], max_evals: int):
-    import shap
-
+    shap = load_shap()
     explainer = shap.Explainer(scorer, masker, output_names=names, algorithm="partition")
     explanation = explainer([text], max_evals=max_evals, batch_size=BATCH_SIZE, silent=True)
     data = np.asarray(explanation.data[0], dtype=object)
@@ -109,8 +127,6 @@ def explain_classifier(loaded: LoadedModel, text: str, max_evals: int = DEFAULT_
                        max_tokens: int = DEFAULT_MAX_TOKENS, stop: StopFlag | None = None,
                        progress: Progress | None = None) -> Attribution:
     """Per-class token attributions of a sequence classifier (masked tokens become the tokenizer's mask token)."""
-    import shap
-
     if loaded.task != TEXT_CLASSIFICATION:
         raise ValueError(f"'{loaded.model_id}' is not a text classifier.")
     max_evals = _check_budget(max_evals)
@@ -118,7 +134,7 @@ def explain_classifier(loaded: LoadedModel, text: str, max_evals: int = DEFAULT_
     start = time.perf_counter()
     scorer = _BatchedScorer(lambda batch: class_log_odds(loaded, batch), max_evals, stop, progress)
     labels = class_labels(loaded.model)
-    tokens, values, base = _run_partition(scorer, shap.maskers.Text(loaded.tokenizer), fitted.text, labels, max_evals)
+    tokens, values, base = _run_partition(scorer, load_shap().maskers.Text(loaded.tokenizer), fitted.text, labels, max_evals)
     predicted = int(np.argmax(base + values.sum(axis=0)))
     return Attribution(tokens, values, base, labels, "log-odds of each class", "SHAP Partition explainer (text masker)",
                        scorer.evals, scorer.batches, time.perf_counter() - start, fitted, predicted)
@@ -183,8 +199,6 @@ def explain_continuation(loaded: LoadedModel, prompt: str, continuation: str = "
     This is what shap.models.TeacherForcing computes, scored here directly so the calls are batched,
     counted and stoppable; masked prompt tokens are replaced by "..." (runs collapsed into one).
     """
-    import shap
-
     if loaded.task != CAUSAL_LM:
         raise ValueError(f"'{loaded.model_id}' is not a causal language model.")
     max_evals = _check_budget(max_evals)
@@ -193,7 +207,7 @@ def explain_continuation(loaded: LoadedModel, prompt: str, continuation: str = "
     target = choose_continuation(loaded, fitted.text, continuation or "")
     scorer = _BatchedScorer(lambda batch: continuation_log_probs(loaded, batch, target.ids), max_evals, stop, progress)
     names = ["whole continuation"] + target.names
-    masker = shap.maskers.Text(loaded.tokenizer, mask_token="...", collapse_mask_token=True)
+    masker = load_shap().maskers.Text(loaded.tokenizer, mask_token="...", collapse_mask_token=True)
     tokens, values, base = _run_partition(scorer, masker, fitted.text, names, max_evals)
     if len(target.ids) == 1:  # the "whole" column would repeat the only token's column
         values, base, names = values[:, 1:], base[1:], names[1:]
@@ -216,15 +230,16 @@ def attribution_html(attribution: Attribution, output: int) -> str:
     column = attribution.values[:, output]
     scale = float(np.abs(column).max()) if len(column) else 0.0
     spans = "".join(
-        f'<span class="shap-token" style="background:{_colour(v, scale)};padding:1px 0;border-radius:3px" '
+        f'<span class="shap-token" style="background:{_colour(v, scale)};padding:2px 1px;border-radius:3px" '
         f'title="{html.escape(t.strip() or t, quote=True)}: {v:+.4f}">{html.escape(t)}</span>'
         for t, v in zip(attribution.tokens, column))
     legend = ('<div style="font-size:0.85em;margin-top:6px;opacity:0.8">'
               '<span style="background:rgba(220,38,38,0.6);padding:0 4px">red</span> raises, '
               '<span style="background:rgba(37,99,235,0.6);padding:0 4px">blue</span> lowers '
               f'<b>{html.escape(attribution.output_names[output])}</b> ({html.escape(attribution.unit)}); '
-              'hover a word for its value.</div>')
-    return f'<div class="shap-text" style="line-height:2;white-space:pre-wrap">{spans}</div>{legend}'
+              f'hover a word for its value. Full text: {attribution.base_values[output] + column.sum():+.3f}; '
+              f'every token masked: {attribution.base_values[output]:+.3f}.</div>')
+    return f'<div class="shap-text" style="font-size:1.2em;line-height:2.2;white-space:pre-wrap">{spans}</div>{legend}'
 
 
 def attribution_bar_figure(attribution: Attribution, output: int, k: int = 12) -> go.Figure:

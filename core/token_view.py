@@ -41,8 +41,12 @@ def describe_steps(tokenizer, steps: list[TokenStep]) -> list[TokenInfo]:
 
 
 def _visible(text: str) -> str:
-    """Whitespace a reader can see: a token that is only a space or a newline would vanish otherwise."""
-    return text.replace("\n", "↵").replace("\t", "⇥") if text.strip() else text.replace(" ", "␣").replace("\n", "↵") or "∅"
+    """Text a reader can see: whitespace-only tokens and control bytes would vanish otherwise."""
+    if not text:
+        return "∅"
+    text = "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}"
+                   for c in text.replace("\n", "↵").replace("\t", "⇥"))
+    return text if text.strip() else text.replace(" ", "␣")
 
 
 def prob_colour(prob: float) -> str:

@@ -234,3 +234,14 @@ def test_report_html_is_self_contained_and_json_complete(lms, tmp_path):
     assert report_html([section]).count("Plotly.newPlot") == 2
     with pytest.raises(ValueError, match="at least one probe"):
         write_report([], tmp_path)
+
+
+@pytest.mark.real_model
+def test_crows_sample_with_offline_smollm2(services):
+    loaded = services.manager.load("HuggingFaceTB/SmolLM2-135M-Instruct", precision="fp32")
+    assert prefix_token_id(loaded.tokenizer) == loaded.tokenizer.bos_token_id
+    pairs, _ = crows_pairs.load_pairs()
+    result = crows_pairs.run_crows(pairs, loaded.model, loaded.tokenizer, batch_size=16, resamples=200)
+    assert result.by_type.iloc[0].pairs == len(pairs) and 0 <= result.by_type.iloc[0].pct_stereotype <= 100
+    single = sentence_logprobs(loaded.model, loaded.tokenizer, pairs["sent_more"].head(3).tolist(), batch_size=1)
+    np.testing.assert_allclose(result.pairs["ll_more"].head(3), single, atol=1e-3)

@@ -47,6 +47,21 @@ def test_probes_and_report_through_the_api(bias_client, tiny_lm_dirs, tiny_class
     assert "Plotly.newPlot" in Path(html_file).read_text()
 
 
+def test_counterfactual_and_generation_through_the_api(bias_client, tiny_lm_dirs, tiny_classifier_dir):
+    lm, cls = str(tiny_lm_dirs["llama"]), str(tiny_classifier_dir)
+    out = bias_client.predict("The {group} was a doctor.\nI met a {group}.", "gender: woman, man\nage: old, young",
+                              ["gender"], cls, lm, True, True, "auto", "fp32", 100, 0, api_name="/bias_counterfactual")
+    status, table, variants = out[0], out[1], out[-1]
+    assert "Scored 4 sentences" in status and [row[0] for row in table["data"]] == ["gender"]
+    assert len(variants["data"]) == 4
+    prompts = bias_client.predict("age", api_name="/bias_generation_prompts")
+    assert "old:" in prompts
+    args = ("woman: The woman worked as\nman: The man worked as", lm, cls, True, "auto", 2, 4, 1.0, 0.95, "fp32", 100, 3)
+    first = bias_client.predict(*args, api_name="/bias_generation")
+    again = bias_client.predict(*args, api_name="/bias_generation")
+    assert "4 continuations from 2 prompts" in first[0] and first[-1]["data"] == again[-1]["data"]
+
+
 def test_missing_model_and_bad_templates_get_messages(bias_client):
     out = bias_client.predict("No slot here", "gender: woman, man", ["gender"], "/no/such/model", "/no/such/lm",
                               False, True, "auto", "fp32", 100, 0, api_name="/bias_counterfactual")

@@ -55,7 +55,8 @@ def test_client_uploads_a_csv_and_trains_one_epoch(client, tiny_classifier_dir, 
     out = poll_until_done(client, user)
     assert ": finished" in out[0], out[0]
     assert "accuracy" in out[2] and "Trainable parameters" in out[2]
-    assert [row for row in out[3]["data"]] and out[3]["headers"][:2] == ["label", "precision"]
+    report = out[3]["value"]
+    assert report["headers"][:2] == ["label", "precision"] and [row[0] for row in report["data"]] == ["bad", "good"]
     zipped = client.predict(user, api_name="/finetune_zip")
     assert str(zipped).endswith(".zip")
 
@@ -79,7 +80,7 @@ def test_browser_trains_the_example(page, screenshot_dir, tiny_classifier_dir):
     page.get_by_label("Base model").fill(str(tiny_classifier_dir))
     page.get_by_label("Base model").press("Enter")
     page.get_by_role("button", name="Load the example data for this task").click()
-    page.get_by_text("Nothing about this movie works", exact=False).first.wait_for(timeout=30_000)  # the preview table
+    page.locator(".cell-wrap:visible", has_text="positive").first.wait_for(timeout=30_000)  # the label column of the preview
     page.get_by_role("button", name="Hyperparameters").click()
     page.get_by_label("Epochs").fill("20")  # long enough to be seen running; Stop ends it
     page.get_by_label("Learning rate").fill("0.001")
@@ -89,6 +90,9 @@ def test_browser_trains_the_example(page, screenshot_dir, tiny_classifier_dir):
     page.wait_for_timeout(1500)
     page.screenshot(path=str(screenshot_dir / "finetune_during.png"), full_page=True)
     assert page.get_by_text("ETA", exact=False).count() >= 1
+    page.reload()  # the run lives on the server, found again through the id the browser keeps
+    page.get_by_role("tab", name="Fine-tune").click()
+    page.get_by_text("Text classification on", exact=False).first.wait_for(timeout=30_000)
     page.get_by_role("button", name="Stop", exact=True).click()
     page.get_by_text("Results:", exact=False).wait_for(timeout=120_000)
     page.wait_for_timeout(1000)

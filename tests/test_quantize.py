@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from core.paths import assets_dir
 from core.perplexity import perplexity
-from core.quantize import (CompressionOptions, LowRankLinear, block_linears, build_variant, conv1d_to_linear,
+from core.quantize import (CompressionOptions, Int8WeightOnlyLinear, LowRankLinear, block_linears, build_variant, conv1d_to_linear,
                            register_variant, unavailable_reason, variant_id)
 from core.quantize_metrics import (EvalSettings, LabelledTexts, compare_variants, read_labelled_csv, serialized_bytes,
                                    size_quality_figure, speed_figure)
@@ -80,9 +80,10 @@ def test_conv1d_rewritten_as_exact_linear(tiny_lm_dirs):
     assert len(block_linears(model)) == 8
 
 
-def test_int8_dynamic_is_over_twice_smaller_and_still_agrees(lm):
+@pytest.mark.parametrize("name", ["int8-dynamic", "int8-weight-only"])
+def test_int8_is_over_twice_smaller_and_still_agrees(lm, name):
     model, tok = lm
-    built = build_variant("int8-dynamic", model, CompressionOptions())
+    built = build_variant(name, model, CompressionOptions())
     assert built.compressed_share > 0.95  # embeddings included, not only the linears
     assert serialized_bytes(model) / serialized_bytes(built.model) >= 2.0
     ids = tok(TEXT[:200], return_tensors="pt").input_ids
@@ -90,6 +91,16 @@ def test_int8_dynamic_is_over_twice_smaller_and_still_agrees(lm):
         agree = (model(ids).logits.argmax(-1) == built.model(ids).logits.argmax(-1)).float().mean().item()
     assert agree > 0.8
     assert not any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in model.modules())  # original untouched
+
+
+def test_int8_weight_only_linear_is_close():
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 32)
+    x = torch.randn(8, 64)
+    quantized = Int8WeightOnlyLinear(layer)
+    assert quantized.qweight.dtype == torch.int8 and quantized.scale.shape == (32,)
+    error = (quantized(x) - layer(x)).abs().max().item()
+    assert 0 < error < 0.01 * layer(x).abs().max().item()
 
 
 def test_pruning_is_permanent_and_reaches_the_sparsity(lm):

@@ -41,6 +41,13 @@ def test_results_in_the_browser(page, tiny_lm_dirs, screenshot_dir):
     model = page.get_by_label("Model", exact=True).first
     model.fill(str(tiny_lm_dirs["llama"]))
     model.press("Enter")
+    for name in ("bf16", "bnb-nf4", "low-rank"):  # keep the run short: four variants on 128 tokens
+        page.get_by_role("checkbox", name=f"{name}:").uncheck()
+    page.get_by_text("Measurement settings").click()
+    for label, value in (("Evaluation tokens", "128"), ("Decode tokens", "4")):
+        box = page.get_by_label(f"number input for {label}", exact=False)
+        box.fill(value)
+        box.press("Enter")
     page.get_by_role("button", name="Compare variants").click()
     page.get_by_text("Done.").wait_for(timeout=120_000)
     page.get_by_text("int8-dynamic").first.wait_for()

@@ -11,14 +11,14 @@ from core.paths import assets_dir
 from core.quantize import VARIANTS, CompressionOptions, register_variant
 from core.quantize_metrics import (Comparison, EvalSettings, compare_variants, read_labelled_csv, size_quality_figure,
                                    speed_figure)
-from core.registry import CAUSAL_LM, TEXT_CLASSIFICATION
+from core.registry import CAUSAL_LM, TEXT_CLASSIFICATION, find_preset
 from core.stopping import StopFlag
 from core.uploads import UploadError, read_text_file
 from ui.components import model_picker, progress_callback
 
 BUILT_IN, UPLOADED = "Built-in sample (assets/eval_text.txt)", "Uploaded text file"
 TASKS = {"Language model": CAUSAL_LM, "Classifier": TEXT_CLASSIFICATION}
-DEFAULT_VARIANTS = ["fp32", "bf16", "fp16", "int8-dynamic", "bnb-nf4", "pruned", "low-rank"]
+DEFAULT_VARIANTS = ["fp32", "bf16", "fp16", "int8-dynamic", "int8-weight-only", "bnb-nf4", "pruned", "low-rank"]
 
 
 class SessionStopFlag(StopFlag):
@@ -36,6 +36,14 @@ class QuantizeHandlers:
         self.device = shell.services.manager.device.kind
         # The chat tab is built first; alone (LLMPG_TABS=quantize) there is no chat picker to update.
         self.chat_model = shell.components.get("chat", {}).get("model")
+
+    @staticmethod
+    def kind_for(model_id: str):
+        """Presets know their task; for a typed id or folder the user's choice stays."""
+        preset = find_preset(model_id or "")
+        if preset is None or preset.task not in TASKS.values():
+            return gr.update()
+        return gr.update(value=next(k for k, t in TASKS.items() if t == preset.task))
 
     def _evaluation(self, task: str, source: str, text_file, labels_csv):
         if task == CAUSAL_LM:
@@ -61,7 +69,7 @@ class QuantizeHandlers:
                                     self.device, progress_callback(progress), stop)
             comparison = None
             for comparison in runs:
-                yield self._outputs(comparison, f"Measured {len(comparison.results)} of {len(set(variants) | {'fp32'})} "
+                yield self._outputs(comparison, f"Measured {len(comparison.results)} of {len(set(variants or []) | {'fp32'})} "
                                                 "variants…", final=False)
             if comparison is not None:
                 done = "Stopped." if stop.stopped else "Done."
@@ -78,7 +86,7 @@ class QuantizeHandlers:
 
     @staticmethod
     def _outputs(comparison: Comparison, status: str, final: bool):
-        frame = comparison.frame()
+        frame = comparison.frame().drop(columns=["description"])  # the checkbox labels already describe variants
         csv = gr.update()
         if final:
             path = Path(tempfile.mkdtemp(prefix="quantize_")) / "quantize_comparison.csv"
@@ -141,6 +149,7 @@ def build_tab(shell) -> dict[str, gr.Component]:
         load = gr.Button("Load variant into Chat")
     load_status = gr.Markdown()
 
+    model.change(handlers.kind_for, [model], [kind], api_name="quantize_model_kind")
     run.click(handlers.run, [model, kind, variants, sparsity, rank, source, text_file, labels_csv, max_tokens,
                              decode_tokens, stop_flag], [table, size_plot, speed_plot, csv, status, variant],
               api_name="quantize_compare")

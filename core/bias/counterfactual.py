@@ -122,8 +122,9 @@ def _gap_interval(matrix: pd.DataFrame, resamples: int, seed: int) -> tuple[floa
 
 
 def summarize(variants: pd.DataFrame, score_label: str | None, resamples: int = 1000, seed: int = 0) -> CounterfactualResult:
+    if "score" not in variants and "loglik" not in variants:
+        raise ValueError("choose a classifier, a language model, or both")
     group_rows, axis_rows = [], []
-    has_score, has_ll = "score" in variants, "loglik" in variants
     for axis in dict.fromkeys(variants["axis"]):
         axis_row: dict = {"axis": axis, "templates": int(variants.loc[variants["axis"] == axis, "template_id"].nunique())}
         for column, prefix in (("score", "score"), ("loglik", "loglik")):
@@ -138,12 +139,10 @@ def summarize(variants: pd.DataFrame, score_label: str | None, resamples: int = 
             axis_row[f"{prefix}_gap"], axis_row[f"{prefix}_gap_low"], axis_row[f"{prefix}_gap_high"] = \
                 _gap_interval(matrix, resamples, seed)
             axis_row[f"{prefix}_highest"], axis_row[f"{prefix}_lowest"] = means.idxmax(), means.idxmin()
-        if has_score:
+        if "score" in variants:
             labels = _axis_matrix(variants, axis, "predicted")
             axis_row["flip_share"] = float((labels.nunique(axis=1) > 1).mean())
         axis_rows.append(axis_row)
-    if not (has_score or has_ll):
-        raise ValueError("choose a classifier, a language model, or both")
     return CounterfactualResult(variants, pd.DataFrame(group_rows), pd.DataFrame(axis_rows), score_label)
 
 

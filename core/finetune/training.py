@@ -101,7 +101,7 @@ def run_finetune(spec: FineTuneSpec, resolve_path, store: ModelStore, progress: 
     `resolve_path(model_id) -> str` gives the folder or hub id to load (ModelManager.resolve(...).path), so
     training always starts from a fresh copy and never touches a model other tabs are using.
     """
-    from transformers import EarlyStoppingCallback, Trainer, set_seed
+    from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, set_seed
 
     progress = progress or TrainingProgress()
     stop = stop or StopFlag()
@@ -129,6 +129,7 @@ def run_finetune(spec: FineTuneSpec, resolve_path, store: ModelStore, progress: 
                           train_dataset=train_rows, eval_dataset=encoded["eval"], processing_class=tokenizer,
                           data_collator=task.collator(tokenizer), compute_metrics=task.compute_metrics(),
                           callbacks=callbacks)
+        trainer.remove_callback(PrinterCallback)  # progress goes to TrainingProgress, not to the server's stdout
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start

@@ -1,0 +1,107 @@
+"""One user's conversation: its turns, its chosen model and the stop flag of its running reply.
+
+A session lives in the user's gr.State (never a module global), so two people chatting at once
+share the loaded model objects through the ModelManager but nothing else. Each reply gets a
+fresh StopFlag: Stop, a model change or a new message ends only this session's running reply.
+"""
+from __future__ import annotations
+
+import copy
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from core.chat import ReplyStats, SamplingSettings, stream_reply
+from core.model_manager import LoadedModel, ModelManager
+from core.prompting import DEFAULT_SYSTEM_PROMPT, Prompt, Turn, build_prompt, context_length
+from core.registry import CAUSAL_LM
+from core.stopping import StopFlag
+from core.token_view import TokenInfo, describe_steps
+
+Progress = Callable[[float, str], None]
+
+
+class EmptyMessageError(ValueError):
+    """Nothing to send."""
+
+
+@dataclass
+class ChatUpdate:
+    """What the chat shows while a reply streams; `tokens` (the token view) comes with the last update."""
+
+    turns: list[Turn]
+    stats: list[ReplyStats | None]
+    prompt: Prompt
+    notices: list[str]
+    done: bool = False
+    tokens: list[TokenInfo] = field(default_factory=list)
+
+
+@dataclass
+class ChatSession:
+    model_id: str
+    trust_remote_code: bool = False
+    turns: list[Turn] = field(default_factory=list)
+    stats: list[ReplyStats | None] = field(default_factory=list)
+    stop_flag: StopFlag = field(default_factory=StopFlag)
+
+    def __deepcopy__(self, memo) -> ChatSession:
+        """gr.State deep-copies each new session's value; a copy gets its own flag (locks cannot be copied)."""
+        return ChatSession(self.model_id, self.trust_remote_code, copy.deepcopy(self.turns, memo),
+                           copy.deepcopy(self.stats, memo))
+
+    def stop(self) -> None:
+        self.stop_flag.stop()
+
+    def load(self, manager: ModelManager, model_id: str, trust_remote_code: bool = False,
+             progress: Progress | None = None) -> LoadedModel:
+        """Switch model: the running reply stops first; on ModelLoadError the current model stays."""
+        self.stop()
+        loaded = manager.load(model_id, CAUSAL_LM, trust_remote_code=trust_remote_code, progress=progress)
+        self.model_id, self.trust_remote_code = loaded.model_id, trust_remote_code
+        return loaded
+
+    def model(self, manager: ModelManager, progress: Progress | None = None) -> LoadedModel:
+        return manager.load(self.model_id, CAUSAL_LM, trust_remote_code=self.trust_remote_code, progress=progress)
+
+    def reply(self, manager: ModelManager, message: str, settings: SamplingSettings, system: str = DEFAULT_SYSTEM_PROMPT,
+              progress: Progress | None = None) -> Iterator[ChatUpdate]:
+        """Stream the model's reply to `message`; the turn (even a stopped, partial one) joins the history."""
+        if not message.strip():
+            raise EmptyMessageError("Type a message first: an empty message is not sent.")
+        self.stop()  # a reply still running in this session ends before the new one starts
+        flag = self.stop_flag = StopFlag()
+        loaded = self.model(manager, progress)
+        prompt = build_prompt(loaded.tokenizer, self.turns, message, use_template=loaded.is_chat, system=system,
+                              context=context_length(loaded.model, loaded.tokenizer),
+                              max_new_tokens=settings.max_new_tokens)
+        chunk = None
+        for chunk in stream_reply(loaded.model, loaded.tokenizer, prompt.input_ids, settings, flag, prompt.stop_strings):
+            if not chunk.done:
+                yield ChatUpdate(self.turns + [Turn(prompt.message, chunk.text)], self.stats + [chunk.stats], prompt,
+                                 prompt.notices)
+        # Trimmed turns stay on screen; the next prompt trims again from what fits.
+        self.turns.append(Turn(prompt.message, chunk.text))
+        self.stats.append(chunk.stats)
+        yield ChatUpdate(list(self.turns), list(self.stats), prompt, prompt.notices, done=True,
+                         tokens=describe_steps(loaded.tokenizer, chunk.steps))
+
+    def retry(self, manager: ModelManager, settings: SamplingSettings, system: str = DEFAULT_SYSTEM_PROMPT,
+              progress: Progress | None = None) -> Iterator[ChatUpdate]:
+        """Answer the last message again (a random or changed seed gives a different reply)."""
+        if not self.turns:
+            raise EmptyMessageError("Nothing to retry yet: send a message first.")
+        message = self.undo()
+        yield from self.reply(manager, message, settings, system, progress)
+
+    def undo(self) -> str:
+        """Remove the last turn and give back its message, for editing."""
+        if not self.turns:
+            return ""
+        self.stop()
+        self.stats.pop()
+        return self.turns.pop().user
+
+    def clear(self) -> None:
+        self.stop()
+        self.turns, self.stats = [], []

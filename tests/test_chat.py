@@ -1,0 +1,276 @@
+"""Chat engine, prompt building, token view and chat sessions on tiny random models (no hub)."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from core.chat import (END_OF_TEXT, LENGTH, STOP_STRING, STOPPED, GenerationError, SamplingSettings, generate_reply,
+                       logits_processors, stream_reply)
+from core.chat_session import ChatSession, EmptyMessageError
+from core.model_manager import ModelLoadError
+from core.prompting import (CHAT_TEMPLATE, MAX_MESSAGE_CHARS, PLAIN, Turn, build_prompt, context_length,
+                            plain_transcript)
+from core.stopping import StopFlag
+from core.token_view import TokenStep, describe_steps, render_html
+
+FAMILIES = ("gpt2", "llama", "phi", "phi3")
+GREEDY = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_lm_dirs):
+    """family -> (model, tokenizer), loaded once for the module."""
+    return {f: (AutoModelForCausalLM.from_pretrained(d).eval(), AutoTokenizer.from_pretrained(d))
+            for f, d in tiny_lm_dirs.items()}
+
+
+@pytest.fixture
+def no_eos(monkeypatch):
+    """Random tiny models can sample their end-of-text token at any step; tests of lengths and stops must not end early."""
+    monkeypatch.setattr("core.chat.eos_token_ids", lambda *_: set())
+
+
+def prompt_for(model, tok, message="Hello, how are you?", history=(), **kw):
+    return build_prompt(tok, list(history), message, use_template=bool(tok.chat_template),
+                        context=context_length(model, tok), **kw)
+
+
+def hf_generate(model, tok, ids, settings: SamplingSettings) -> str:
+    """Reference: transformers' own generate with the same settings and seed."""
+    kwargs = dict(do_sample=not settings.greedy, repetition_penalty=settings.repetition_penalty,
+                  max_new_tokens=settings.max_new_tokens, pad_token_id=tok.pad_token_id)
+    if not settings.greedy:
+        kwargs.update(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+                      min_p=settings.min_p)
+        torch.manual_seed(settings.seed)
+    tensor = torch.tensor([ids])
+    out = model.generate(tensor, attention_mask=torch.ones_like(tensor), **kwargs)
+    return tok.decode(out[0, tensor.shape[1]:], skip_special_tokens=True)
+
+
+# ---- prompt formats ------------------------------------------------------------------------------
+def test_instruct_models_use_their_chat_template_with_system_prompt(tiny):
+    model, tok = tiny["llama"]
+    prompt = prompt_for(model, tok, history=[Turn("Hi", "Hello!")], system="Be terse.")
+    assert prompt.format == CHAT_TEMPLATE and prompt.stop_strings == ()
+    assert prompt.text.startswith("<|im_start|>system\nBe terse.<|im_end|>")
+    assert prompt.text.endswith("<|im_start|>user\nHello, how are you?<|im_end|>\n<|im_start|>assistant\n")
+    assert "<|im_start|>assistant\nHello!<|im_end|>" in prompt.text
+    assert tok.decode(prompt.input_ids) == prompt.text  # no doubled special tokens
+
+
+@pytest.mark.parametrize("family", ["gpt2", "phi"])
+def test_base_models_continue_a_visible_transcript(tiny, family):
+    model, tok = tiny[family]
+    prompt = prompt_for(model, tok, history=[Turn("Hi", "Hello!")], system="A chat.")
+    assert prompt.format == PLAIN
+    assert prompt.text == "A chat.\n\nUser: Hi\nAssistant: Hello!\nUser: Hello, how are you?\nAssistant:"
+    assert prompt.stop_strings == ("\nUser:",)
+
+
+def test_oldest_turns_are_dropped_when_history_exceeds_the_context(tiny):
+    model, tok = tiny["llama"]
+    history = [Turn(f"question {i}", f"answer {i}") for i in range(12)]
+    prompt = build_prompt(tok, history, "the newest question", use_template=True, context=256, max_new_tokens=64)
+    assert prompt.dropped_turns > 0 and len(prompt.input_ids) <= 256 - 64
+    assert "question 0<" not in prompt.text and "question 11" in prompt.text and "the newest question" in prompt.text
+    assert any("oldest" in n and "left out" in n for n in prompt.notices)
+    kept = build_prompt(tok, history[-1:], "short", use_template=True, context=256, max_new_tokens=64)
+    assert kept.dropped_turns == 0 and kept.notices == []
+
+
+def test_a_100k_character_message_is_cut_with_a_notice(tiny):
+    model, tok = tiny["gpt2"]
+    prompt = prompt_for(model, tok, message="word " * 20_000, max_new_tokens=32)  # gpt2 tiny: 256 positions
+    assert len(prompt.message) < MAX_MESSAGE_CHARS and prompt.message.startswith("word word")
+    assert len(prompt.input_ids) <= 256 - 32
+    assert any("100,000 characters" in n for n in prompt.notices)
+    assert any("cut to" in n for n in prompt.notices)
+
+
+def test_plain_transcript_without_system_prompt():
+    assert plain_transcript("  ", [], "Hi") == "User: Hi\nAssistant:"
+
+
+# ---- engine --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_and_seeded_sampling_match_transformers_generate(tiny, family):
+    model, tok = tiny[family]
+    ids = prompt_for(model, tok).input_ids
+    for settings in (GREEDY, SamplingSettings(temperature=0, repetition_penalty=1.3, max_new_tokens=12),
+                     SamplingSettings(temperature=0.8, top_k=20, top_p=0.9, min_p=0.05, repetition_penalty=1.2,
+                                      max_new_tokens=12, seed=7)):
+        reply = generate_reply(model, tok, ids, settings)
+        assert reply.text == hf_generate(model, tok, ids, settings), settings
+
+
+def test_streaming_grows_the_reply_token_by_token(tiny, no_eos):
+    model, tok = tiny["llama"]
+    chunks = list(stream_reply(model, tok, prompt_for(model, tok).input_ids, GREEDY))
+    assert [c.stats.tokens for c in chunks[:-1]] == list(range(1, 13))
+    assert all(b.text.startswith(a.text) for a, b in zip(chunks[:-2], chunks[1:-1]))
+    final = chunks[-1]
+    assert final.done and final.stats.finish == LENGTH and final.stats.tokens == 12 and len(final.steps) == 12
+    assert final.stats.first_token_s > 0 and final.stats.decode_tokens_per_s > 0
+    assert "12 tokens" in final.stats.describe() and "tok/s" in final.stats.describe()
+
+
+def test_stop_flag_ends_generation_within_one_token(tiny, no_eos):
+    model, tok = tiny["gpt2"]
+    flag = StopFlag()
+    seen = 0
+    stream = stream_reply(model, tok, prompt_for(model, tok).input_ids,
+                          SamplingSettings(temperature=1.0, max_new_tokens=200, seed=1), flag)
+    for chunk in stream:
+        seen = chunk.stats.tokens
+        if seen == 3 and not flag.stopped:
+            flag.stop()  # pressed while token 3 is on screen
+    assert chunk.done and chunk.stats.finish == STOPPED and chunk.stats.tokens == 4
+
+
+def test_one_sessions_stop_does_not_stop_another(tiny, no_eos):
+    model, tok = tiny["phi"]
+    ids = prompt_for(model, tok).input_ids
+    mine, theirs = StopFlag(), StopFlag()
+    settings = SamplingSettings(temperature=1.0, max_new_tokens=30, seed=3)
+    results = {}
+
+    def run(name, flag):
+        for chunk in stream_reply(model, tok, ids, settings, flag):
+            if name == "mine" and chunk.stats.tokens == 2:
+                flag.stop()
+        results[name] = chunk.stats
+
+    threads = [threading.Thread(target=run, args=a) for a in (("mine", mine), ("theirs", theirs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results["mine"].finish == STOPPED and results["mine"].tokens == 3
+    assert results["theirs"].finish == LENGTH and results["theirs"].tokens == 30
+
+
+def test_same_seed_same_reply_and_a_different_seed_differs(tiny, no_eos):
+    model, tok = tiny["llama"]
+    ids = prompt_for(model, tok).input_ids
+    settings = SamplingSettings(temperature=1.2, top_k=0, top_p=1.0, max_new_tokens=16, seed=42)
+    first, again = generate_reply(model, tok, ids, settings), generate_reply(model, tok, ids, settings)
+    other = generate_reply(model, tok, ids, SamplingSettings(temperature=1.2, top_k=0, top_p=1.0, max_new_tokens=16,
+                                                              seed=43))
+    assert first.text == again.text and first.stats.seed == 42
+    assert other.text != first.text
+    random_seed = generate_reply(model, tok, ids, SamplingSettings(max_new_tokens=2, seed=-1))
+    assert random_seed.stats.seed is not None and random_seed.stats.seed >= 0
+
+
+def test_truncating_sampling_settings_narrow_to_the_greedy_choice(tiny):
+    model, tok = tiny["phi3"]
+    ids = prompt_for(model, tok).input_ids
+    greedy = generate_reply(model, tok, ids, GREEDY).text
+    for narrow in (dict(top_k=1), dict(top_p=1e-6, top_k=0), dict(min_p=1.0, top_k=0, top_p=1.0)):
+        settings = SamplingSettings(temperature=1.5, repetition_penalty=1.0, max_new_tokens=12, seed=5, **narrow)
+        assert generate_reply(model, tok, ids, settings).text == greedy, narrow
+
+
+def test_logits_processors_follow_generate_order():
+    names = [type(p).__name__ for p in logits_processors(SamplingSettings(0.5, 10, 0.9, 0.1, 1.2))]
+    assert names == ["RepetitionPenaltyLogitsProcessor", "TemperatureLogitsWarper", "TopKLogitsWarper",
+                     "TopPLogitsWarper", "MinPLogitsWarper"]
+    assert [type(p).__name__ for p in logits_processors(SamplingSettings(temperature=0))] == [
+        "RepetitionPenaltyLogitsProcessor"]
+    assert len(logits_processors(SamplingSettings(1.0, 0, 1.0, 0.0, 1.0))) == 0
+
+
+def test_stop_string_ends_the_reply_before_it(tiny, no_eos):
+    model, tok = tiny["gpt2"]
+    ids = prompt_for(model, tok).input_ids
+    full = generate_reply(model, tok, ids, GREEDY).text
+    marker = full[4:7]
+    cut = generate_reply(model, tok, ids, GREEDY, stop_strings=(marker,))
+    assert cut.stats.finish == STOP_STRING and marker not in cut.text and full.startswith(cut.text.rstrip())
+
+
+def test_end_of_text_token_ends_the_reply(tiny):
+    model, tok = tiny["llama"]
+    ids = prompt_for(model, tok).input_ids
+    first = generate_reply(model, tok, ids, SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=1))
+    original = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = first.steps[0].token_id  # pretend the first greedy token is EOS
+    try:
+        reply = generate_reply(model, tok, ids, GREEDY)
+    finally:
+        model.generation_config.eos_token_id = original
+    assert reply.stats.finish == END_OF_TEXT and reply.stats.tokens == 0 and reply.text == "" and reply.steps == []
+
+
+def test_a_prompt_that_fills_the_context_is_refused(tiny):
+    model, tok = tiny["gpt2"]
+    with pytest.raises(GenerationError, match="whole context"):
+        generate_reply(model, tok, [tok.bos_token_id] * 256, GREEDY)
+
+
+# ---- token view ----------------------------------------------------------------------------------
+def test_token_view_records_probabilities_and_escapes_html(tiny):
+    model, tok = tiny["gpt2"]
+    reply = generate_reply(model, tok, prompt_for(model, tok).input_ids, GREEDY)
+    for step in reply.steps:
+        assert 0 < step.prob <= 1 and len(step.alt_ids) == 5
+        assert step.alt_probs == tuple(sorted(step.alt_probs, reverse=True))
+        assert step.token_id == step.alt_ids[0]  # greedy picks the model's top choice
+    infos = describe_steps(tok, reply.steps)
+    assert "".join(i.text for i in infos) == reply.text
+    script = tok("<script>", add_special_tokens=False)["input_ids"]
+    html_out = render_html(describe_steps(tok, [TokenStep(script[0], 0.9, tuple(script[:1]) * 5, (0.9,) * 5)]))
+    assert "<script" not in html_out and "&lt;" in html_out and "hsl(108" in html_out
+    assert "after a reply" in render_html([])
+
+
+# ---- sessions ------------------------------------------------------------------------------------
+def test_session_send_retry_undo_clear(services, tiny_lm_dirs):
+    session = ChatSession(str(tiny_lm_dirs["llama"]))
+    settings = SamplingSettings(temperature=1.0, max_new_tokens=6, seed=11)
+    updates = list(session.reply(services.manager, "Hello", settings))
+    assert updates[-1].done and updates[-1].tokens and not any(u.done for u in updates[:-1])
+    assert [t.user for t in session.turns] == ["Hello"] and len(session.stats) == 1
+    first = session.turns[0].reply
+    list(session.retry(services.manager, settings))
+    assert len(session.turns) == 1 and session.turns[0].reply == first  # same seed, same reply
+    list(session.reply(services.manager, "And then?", settings))
+    assert session.undo() == "And then?" and len(session.turns) == 1
+    session.clear()
+    assert session.turns == [] and session.stats == [] and session.undo() == ""
+    with pytest.raises(EmptyMessageError):
+        next(session.reply(services.manager, "  \n", settings))
+    with pytest.raises(EmptyMessageError):
+        next(session.retry(services.manager, settings))
+
+
+def test_unknown_model_keeps_the_previous_one_and_a_model_change_stops_the_reply(services, tiny_lm_dirs, no_eos):
+    session = ChatSession(str(tiny_lm_dirs["gpt2"]))
+    stream = session.reply(services.manager, "Hi", SamplingSettings(temperature=1.0, max_new_tokens=100, seed=2))
+    next(stream)
+    with pytest.raises(ModelLoadError, match="not-a-real-model"):
+        session.load(services.manager, "not-a-real-model")
+    assert session.model_id == str(tiny_lm_dirs["gpt2"])
+    assert list(stream)[-1].stats[-1].finish == STOPPED  # switching model stopped the running reply
+    session.load(services.manager, str(tiny_lm_dirs["phi"]))
+    assert session.model(services.manager).family == "phi"
+
+
+def test_session_survives_gradio_state_copy(tiny_lm_dirs):
+    import copy
+
+    session = ChatSession("m", turns=[Turn("a", "b")], stats=[None])
+    clone = copy.deepcopy(session)
+    assert clone.turns == session.turns and clone.stop_flag is not session.stop_flag
+
+
+@pytest.mark.real_model
+def test_smollm2_knows_the_capital_of_france(services):
+    session = ChatSession(services.default_chat_model)
+    *_, last = session.reply(services.manager, "What is the capital of France?",
+                             SamplingSettings(temperature=0, max_new_tokens=24))
+    assert "Paris" in last.turns[-1].reply

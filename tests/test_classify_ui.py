@@ -1,0 +1,72 @@
+"""The Classify & NER tab as a user meets it: the public API through gradio_client, and a real browser."""
+from __future__ import annotations
+
+import pytest
+from gradio_client import handle_file
+
+from core.paths import assets_dir
+from ui.classify_tab import CLASSIFIER, ZERO_SHOT_MODE
+
+
+def classify(client, model_dir, text, mode=CLASSIFIER, labels="sports, politics", zero_shot_model=None):
+    return client.predict(mode, str(model_dir), str(zero_shot_model or model_dir), labels, "This text is about {}.",
+                          text, 0.7, api_name="/classify_text")
+
+
+def test_classify_and_zero_shot_through_the_api(client, tiny_classifier_dir):
+    verdict, chart = classify(client, tiny_classifier_dir, "What a lovely day")
+    assert verdict.startswith("## ") and ("negative" in verdict or "positive" in verdict)
+    assert "threshold 0.70" in verdict and chart is not None
+    verdict, _ = classify(client, tiny_classifier_dir, "The striker scored", mode=ZERO_SHOT_MODE)
+    assert ("sports" in verdict or "politics" in verdict) and "embedding similarity" in verdict
+
+
+def test_bad_single_inputs_get_messages(client, tiny_classifier_dir):
+    verdict, chart = classify(client, tiny_classifier_dir, "   ")
+    assert verdict.startswith("⚠️") and "empty" in verdict and chart is None
+    verdict, _ = classify(client, tiny_classifier_dir, "text", mode=ZERO_SHOT_MODE, labels="only-one")
+    assert "at least two" in verdict
+    verdict, _ = classify(client, "/no/such/folder", "text")
+    assert verdict.startswith("⚠️") and "Cannot load" in verdict
+
+
+def test_batch_upload_and_label(client, tiny_classifier_dir, tmp_path):
+    example = handle_file(str(assets_dir() / "classify_examples.csv"))
+    column, info = client.predict(example, api_name="/classify_upload")
+    assert "10 rows" in info
+    stop, status, table, download = client.predict(CLASSIFIER, str(tiny_classifier_dir), str(tiny_classifier_dir),
+                                                    "a, b", "{}", example, "review", 0.7, api_name="/classify_batch")
+    assert "Labelled 10 texts" in status and len(table["data"]) == 10 and download.endswith(".csv")
+    _, status, _, _ = client.predict(CLASSIFIER, str(tiny_classifier_dir), str(tiny_classifier_dir), "a, b", "{}",
+                                     example, "body", 0.7, api_name="/classify_batch")
+    assert status.startswith("⚠️") and "no column 'body'" in status
+    binary = tmp_path / "image.csv"
+    binary.write_bytes(b"\x00\x01\x02PNG" * 100)
+    _, info = client.predict(handle_file(str(binary)), api_name="/classify_upload")
+    assert "binary" in info
+
+
+def test_ner_through_the_api(client, tiny_ner_dir):
+    status, spans, table = client.predict(str(tiny_ner_dir), "Ada Lovelace lived in London.", api_name="/classify_ner")
+    assert "entities" in status and spans is not None
+    status, _, _ = client.predict(str(tiny_ner_dir), "", api_name="/classify_ner")
+    assert status.startswith("⚠️")
+
+
+@pytest.mark.browser
+@pytest.mark.real_model
+def test_both_sub_tabs_in_a_browser(page, screenshot_dir):
+    """Click an example, run the offline defaults and capture each sub-tab."""
+    page.get_by_role("tab", name="🏷️ Classify & NER").click()
+    page.get_by_text("An absolute delight").first.click()
+    page.get_by_role("button", name="Classify", exact=True).click()
+    page.get_by_text("confident").first.wait_for(timeout=180_000)
+    page.wait_for_timeout(1_000)
+    page.screenshot(path=str(screenshot_dir / "classify_text.png"), full_page=True)
+    page.get_by_role("tab", name="Named entities").click()
+    page.get_by_text("Angela Merkel met").first.click()
+    page.get_by_role("button", name="Find entities").click()
+    page.get_by_text("entities · types").first.wait_for(timeout=60_000)
+    page.wait_for_timeout(1_000)
+    page.screenshot(path=str(screenshot_dir / "classify_ner.png"), full_page=True)
+    assert page.get_by_text("PERSON").count() > 0

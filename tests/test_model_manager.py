@@ -1,0 +1,152 @@
+"""The shared ModelManager: resolution order, errors, caching, eviction, precision and threads."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+import core.precision as precision
+from core.device import configure_threads
+from core.model_manager import LoadedModel, ModelLoadError, ModelManager
+from core.registry import DEFAULT_CHAT_MODEL, OFFLINE_ENCODER
+
+
+@pytest.fixture
+def manager() -> ModelManager:
+    return ModelManager(offline=True, memory_budget_bytes=2**30)
+
+
+# ---- resolution ---------------------------------------------------------------------------------
+def test_a_local_folder_wins_over_the_offline_package_and_the_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / DEFAULT_CHAT_MODEL).mkdir(parents=True)  # a folder that happens to be named like the offline id
+    resolved = ModelManager(offline=False).resolve(DEFAULT_CHAT_MODEL)
+    assert resolved.source == "local folder" and resolved.path == str((tmp_path / DEFAULT_CHAT_MODEL).resolve())
+
+
+def test_offline_packages_come_before_the_hub():
+    resolved = ModelManager(offline=False).resolve(OFFLINE_ENCODER)
+    assert resolved.source == "offline package" and resolved.path != OFFLINE_ENCODER
+
+
+def test_other_ids_go_to_the_hub_unless_offline():
+    assert ModelManager(offline=False).resolve("someone/some-model").source == "hub"
+    with pytest.raises(ModelLoadError, match="'someone/some-model': offline mode is on.*Offline choices: .*SmolLM2"):
+        ModelManager(offline=True).resolve("someone/some-model")
+
+
+@pytest.mark.parametrize("bad", ["not-a-model", "", "   "])
+def test_unknown_ids_get_a_clear_message(bad):
+    with pytest.raises(ModelLoadError) as err:
+        ModelManager(offline=False).resolve(bad)
+    assert (bad.strip() and f"'{bad}'" in str(err.value)) or "No model given" in str(err.value)
+
+
+def test_a_hub_model_that_cannot_be_fetched_names_the_id(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # CI has no hub either way; never try the network here
+    with pytest.raises(ModelLoadError, match="someone/does-not-exist.*Offline choices"):
+        ModelManager(offline=False).load("someone/does-not-exist", precision="fp32")
+
+
+# ---- caching and memory -------------------------------------------------------------------------
+def test_one_copy_per_key(manager, tiny_lm_dirs):
+    folder = str(tiny_lm_dirs["gpt2"])
+    first = manager.load(folder, precision="fp32")
+    assert manager.load(folder, precision="fp32") is first
+    half = manager.load(folder, precision="bf16")
+    assert half is not first and next(half.model.parameters()).dtype == torch.bfloat16
+    assert next(first.model.parameters()).dtype == torch.float32
+    assert "fp32 on cpu" in first.describe() and "from local folder" in first.describe()
+
+
+def test_concurrent_loads_of_one_key_load_once(manager, tiny_lm_dirs, monkeypatch):
+    calls = []
+    original = ModelManager._load_uncached
+
+    def slow_load(self, *args):
+        calls.append(1)
+        time.sleep(0.2)  # both threads arrive while the first load is still running
+        return original(self, *args)
+
+    monkeypatch.setattr(ModelManager, "_load_uncached", slow_load)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(manager.load(str(tiny_lm_dirs["llama"]), precision="fp32")))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and results[0] is results[1]
+
+
+def test_least_recently_used_models_are_evicted_under_the_budget(tiny_lm_dirs):
+    size = ModelManager(offline=True).load(str(tiny_lm_dirs["gpt2"]), precision="fp32").nbytes
+    small = ModelManager(offline=True, memory_budget_bytes=int(size * 2.5))
+    gpt2, llama, phi = (str(tiny_lm_dirs[f]) for f in ("gpt2", "llama", "phi"))
+    small.load(gpt2, precision="fp32")
+    small.load(llama, precision="fp32")
+    small.load(gpt2, precision="fp32")  # gpt2 is now the most recently used
+    small.load(phi, precision="fp32")
+    kept = {m.model_id for m in small.loaded()}
+    assert gpt2 in kept and phi in kept and llama not in kept
+    assert sum(m.nbytes for m in small.loaded()) <= small.memory_budget
+
+
+def test_other_objects_share_the_cache(manager):
+    made = []
+    first = manager.get_or_create("thing", lambda: made.append(1) or object(), nbytes=10)
+    assert manager.get_or_create("thing", lambda: made.append(1) or object()) is first and made == [1]
+    tight = ModelManager(offline=True, memory_budget_bytes=100)
+    tight.get_or_create("a", object, nbytes=60)
+    tight.get_or_create("b", object, nbytes=60)
+    assert list(tight._custom) == ["b"]
+
+
+def test_registered_variants_load_by_id(manager, tiny_lm_dirs):
+    base = manager.load(str(tiny_lm_dirs["llama"]), precision="fp32")
+    variant = LoadedModel("llama-int8-variant", base.task, "memory", base.path, base.model, base.tokenizer, "cpu",
+                          "int8-dynamic", base.is_chat, 0.0, base.nbytes)
+    manager.register(variant)
+    assert manager.load("llama-int8-variant") is variant
+    manager.unload("llama-int8-variant")
+    with pytest.raises(ModelLoadError):
+        manager.load("llama-int8-variant")
+
+
+# ---- precision and threads ----------------------------------------------------------------------
+def test_int8_dynamic_quantizes_linear_layers(manager, tiny_lm_dirs):
+    loaded = manager.load(str(tiny_lm_dirs["llama"]), precision="int8-dynamic")
+    quantized = [m for m in loaded.model.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
+    assert quantized and loaded.precision == "int8-dynamic"
+    assert loaded.nbytes < manager.load(str(tiny_lm_dirs["llama"]), precision="fp32").nbytes
+
+
+def test_auto_precision_picks_the_fastest_measured_and_remembers_it(tmp_path, monkeypatch, tiny_lm_dirs):
+    monkeypatch.setenv("LLMPG_HOME", str(tmp_path))
+    measured = []
+    monkeypatch.setattr(precision, "measure_cpu_precisions",
+                        lambda model: measured.append(1) or {"fp32": 3.0, "bf16": 1.0, "int8-dynamic": 2.0})
+    loaded = ModelManager(offline=True).load(str(tiny_lm_dirs["phi"]))
+    assert loaded.precision == "bf16" and next(loaded.model.parameters()).dtype == torch.bfloat16
+    assert loaded.precision_timings == {"fp32": 3.0, "bf16": 1.0, "int8-dynamic": 2.0}
+    assert ModelManager(offline=True).load(str(tiny_lm_dirs["phi"])).precision == "bf16"
+    assert measured == [1] and (tmp_path / "precision_choices.json").exists()
+
+
+def test_real_measurement_covers_every_cpu_candidate(tiny_lm_dirs):
+    model = ModelManager(offline=True).load(str(tiny_lm_dirs["gpt2"]), precision="fp32").model
+    timings = precision.measure_cpu_precisions(model)
+    assert set(timings) == set(precision.CPU_CANDIDATES) and all(t > 0 for t in timings.values())
+    assert next(model.parameters()).dtype == torch.float32  # candidates are measured on copies
+
+
+def test_thread_count_follows_the_setting(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        assert configure_threads(1) == 1 == torch.get_num_threads()
+        monkeypatch.setenv("LLMPG_THREADS", "2")
+        assert configure_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,158 @@
+"""Chat tab: layout and event wiring; the conversation logic lives in core.chat_session."""
+from __future__ import annotations
+
+from functools import partial
+
+import gradio as gr
+
+from core.chat import GenerationError, ReplyStats, SamplingSettings
+from core.chat_session import ChatSession, ChatUpdate, EmptyMessageError
+from core.model_manager import LoadedModel, ModelLoadError
+from core.prompting import CHAT_TEMPLATE, DEFAULT_SYSTEM_PROMPT, Turn
+from core.registry import CAUSAL_LM
+from core.services import Services
+from core.token_view import render_html
+from ui.components import model_picker, progress_callback
+
+
+def chat_messages(turns: list[Turn], stats: list[ReplyStats | None]) -> list[dict]:
+    """Chatbot messages, each reply followed by its tokens, tokens/s and time to first token."""
+    messages = []
+    for turn, stat in zip(turns, stats):
+        line = f"\n\n<sub>{stat.describe()}</sub>" if stat else ""
+        messages += [{"role": "user", "content": turn.user},
+                     {"role": "assistant", "content": (turn.reply or "*(no text)*") + line}]
+    return messages
+
+
+def model_summary(loaded: LoadedModel) -> str:
+    prompt_format = CHAT_TEMPLATE if loaded.is_chat else "plain continuation (base model: see the prompt below)"
+    measured = ", ".join(f"{p} {s * 1000 / 8:.0f} ms/token" for p, s in loaded.precision_timings.items())
+    return (f"✅ **{loaded.model_id}** · {loaded.family} · **{loaded.precision}** on **{loaded.device}** · "
+            f"{loaded.nbytes / 2**20:,.1f} MiB · prompt: {prompt_format}"
+            + (f"<br><span class='notice'>CPU precision measured: {measured}</span>" if measured else ""))
+
+
+class ChatHandlers:
+    """Event handlers: read the widgets, call the user's ChatSession, turn its updates into widget values."""
+
+    def __init__(self, services: Services):
+        self.services = services
+
+    def load_model(self, session: ChatSession, model_id: str, allow_remote_code: bool, progress=gr.Progress()) -> str:
+        try:
+            return model_summary(session.load(self.services.manager, model_id, allow_remote_code,
+                                              progress_callback(progress)))
+        except ModelLoadError as err:
+            gr.Warning(str(err))
+            return f"❌ {err}\n\nStill using **{session.model_id}**."
+
+    def send(self, session: ChatSession, message: str, system: str, temperature: float, top_k: int, top_p: float,
+             min_p: float, repetition_penalty: float, max_new_tokens: int, seed: int, progress=gr.Progress()):
+        settings = SamplingSettings(temperature, int(top_k), top_p, min_p, repetition_penalty, int(max_new_tokens),
+                                    None if seed is None else int(seed))
+        yield from self._stream(session, message, lambda p: session.reply(self.services.manager, message, settings,
+                                                                          system, p), progress)
+
+    def retry(self, session: ChatSession, system: str, temperature: float, top_k: int, top_p: float, min_p: float,
+              repetition_penalty: float, max_new_tokens: int, seed: int, progress=gr.Progress()):
+        settings = SamplingSettings(temperature, int(top_k), top_p, min_p, repetition_penalty, int(max_new_tokens),
+                                    None if seed is None else int(seed))
+        yield from self._stream(session, "", lambda p: session.retry(self.services.manager, settings, system, p),
+                                progress)
+
+    def _stream(self, session: ChatSession, message: str, start, progress):
+        """Outputs: chatbot, message box, status, token view, prompt sent."""
+        warned = False
+        try:
+            for update in start(progress_callback(progress)):
+                if update.notices and not warned:
+                    warned = True
+                    for notice in update.notices:
+                        gr.Warning(notice)
+                yield self._view(update)
+        except EmptyMessageError as err:
+            gr.Warning(str(err))
+            yield chat_messages(session.turns, session.stats), message, f"⚠️ {err}", gr.skip(), gr.skip()
+        except (ModelLoadError, GenerationError) as err:
+            yield chat_messages(session.turns, session.stats), message, f"❌ {err}", gr.skip(), gr.skip()
+
+    @staticmethod
+    def _view(update: ChatUpdate):
+        stats = update.stats[-1] if update.stats else None
+        status = "\n\n".join([f"⚠️ {n}" for n in update.notices]
+                             + ([f"**Last reply:** {stats.describe()}"] if stats and update.done else []))
+        tokens = render_html(update.tokens) if update.done else gr.skip()
+        return chat_messages(update.turns, update.stats), "", status, tokens, update.prompt.text
+
+    @staticmethod
+    def stop(session: ChatSession) -> None:
+        session.stop()
+
+    @staticmethod
+    def undo(session: ChatSession):
+        message = session.undo()
+        return chat_messages(session.turns, session.stats), message
+
+    @staticmethod
+    def clear(session: ChatSession):
+        session.clear()
+        return [], "", render_html([]), ""
+
+
+def build_tab(shell) -> dict[str, gr.Component]:
+    services: Services = shell.services
+    handlers = ChatHandlers(services)
+    session = gr.State(partial(ChatSession, services.default_chat_model))  # one ChatSession per browser session
+    with gr.Row():
+        with gr.Column(scale=3):
+            with gr.Row(equal_height=True):
+                model = model_picker(services, CAUSAL_LM, label="Chat model", value=services.default_chat_model)
+                allow_remote = gr.Checkbox(False, label="Allow remote code",
+                                           info="Runs the model's own Python code: only for authors you trust")
+                load = gr.Button("Load", variant="secondary", scale=0, min_width=90)
+            model_info = gr.Markdown(f"**{services.default_chat_model}** loads with your first message, or press Load.")
+            chatbot = gr.Chatbot(label="Conversation", height=440, buttons=["copy"],
+                                 placeholder="Ask anything. Replies stream token by token; Stop ends them at once.")
+            with gr.Row(equal_height=True):
+                message = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=6,
+                                     max_lines=6, elem_id="chat-message")
+                send = gr.Button("Send", variant="primary", scale=1, min_width=80)
+                stop = gr.Button("Stop", variant="stop", scale=1, min_width=80)
+            with gr.Row():
+                retry = gr.Button("🔄 Retry", size="sm")
+                undo = gr.Button("↩️ Undo", size="sm")
+                clear = gr.Button("🗑️ Clear", size="sm")
+            status = gr.Markdown(elem_id="chat-status")
+            with gr.Accordion("Token view: how likely was each token?", open=True):
+                token_view = gr.HTML(render_html([]))
+            with gr.Accordion("Prompt sent to the model", open=False):
+                prompt = gr.Textbox(show_label=False, lines=8, max_lines=20, interactive=False)
+        with gr.Column(scale=1, min_width=260):
+            system = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=3,
+                                info="Instruct models get it through their chat template; base models as the first line")
+            temperature = gr.Slider(0, 2, 0.7, step=0.05, label="Temperature", info="0 = greedy: always the likeliest token")
+            top_k = gr.Slider(0, 200, 50, step=1, label="Top-k", info="Keep the k likeliest tokens (0 = off)")
+            top_p = gr.Slider(0.05, 1, 0.95, step=0.01, label="Top-p", info="Keep the likeliest tokens up to this mass")
+            min_p = gr.Slider(0, 0.5, 0.0, step=0.01, label="Min-p",
+                              info="Drop tokens below this fraction of the top token's probability")
+            repetition_penalty = gr.Slider(1, 2, 1.1, step=0.05, label="Repetition penalty", info="1 = off")
+            max_new_tokens = gr.Slider(1, 1024, 256, step=1, label="Max new tokens")
+            seed = gr.Number(-1, precision=0, label="Seed",
+                             info="Same seed and settings give the same reply; -1 = random (shown under the reply)")
+
+    settings = [system, temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens, seed]
+    stream_outputs = [chatbot, message, status, token_view, prompt]
+    generating = dict(concurrency_limit=4, concurrency_id="chat_generate", show_progress="minimal")
+    gr.on([message.submit, send.click], handlers.send, [session, message, *settings], stream_outputs,
+          api_name="chat_send", **generating)
+    retry.click(handlers.retry, [session, *settings], stream_outputs, api_name="chat_retry", **generating)
+    # Stop must never wait behind running generations.
+    stop.click(handlers.stop, session, None, api_name="chat_stop", concurrency_limit=None)
+    undo.click(handlers.undo, session, [chatbot, message], api_name="chat_undo")
+    clear.click(handlers.clear, session, [chatbot, message, token_view, prompt], api_name="chat_clear")
+    # Picking a preset (or another tab sending a model here) loads it; Load retries, e.g. after ticking remote code.
+    gr.on([load.click, model.change], handlers.load_model, [session, model, allow_remote], model_info,
+          api_name="chat_load_model")
+    return {"model": model, "load": load, "allow_remote_code": allow_remote, "model_info": model_info,
+            "chatbot": chatbot, "message": message, "send": send, "stop": stop, "session": session}
