@@ -46,36 +46,50 @@ def sentiment(manager) -> None:
           f"majority class {majority / n:.3f} ({majority}/{n})")
 
 
-def read_conll(path: Path) -> list[tuple[list[str], list[str]]]:
-    sentences, words, tags = [], [], []
-    for line in path.read_text(encoding="utf-8").splitlines() + [""]:
+def read_conll(path: Path) -> list[list[tuple[list[str], list[str]]]]:
+    """Documents (split at -DOCSTART-), each a list of (words, tags) sentences."""
+    documents, sentences, words, tags = [], [], [], []
+    for line in path.read_text(encoding="utf-8").splitlines() + ["", "-DOCSTART-"]:
         parts = line.split()
         if not parts or parts[0] == "-DOCSTART-":
             if words:
                 sentences.append((words, tags))
             words, tags = [], []
+            if parts and sentences:
+                documents.append(sentences)
+                sentences = []
             continue
         words.append(parts[0])
         tags.append(parts[-1])
-    return sentences
+    return documents
+
+
+def flat(documents):
+    return [sentence for document in documents for sentence in document]
 
 
 def keep_types(tags: list[str]) -> list[str]:
     return [t if t[2:] in KEEP else "O" for t in tags]
 
 
-def spacy_tags(nlp, sentences) -> list[list[str]]:
-    """Run spaCy on CoNLL's own tokens (a pre-tokenized Doc), so tags line up one-to-one."""
+def spacy_tags(nlp, documents, consistent: bool = True) -> list[list[str]]:
+    """Tag each whole document as the app does (one text, labels made consistent), on CoNLL's own tokens
+    (a pre-tokenized Doc) so tags line up one-to-one with the gold ones."""
     from spacy.tokens import Doc
 
-    docs = (Doc(nlp.vocab, words=words) for words, _ in sentences)
+    from core.ner import label_consistently
+
     out = []
-    for doc in nlp.pipe(docs, batch_size=256):
-        tags = []
-        for token in doc:
-            kind = SPACY_TO_CONLL.get(token.ent_type_)
-            tags.append(f"{token.ent_iob_}-{kind}" if kind else "O")
-        out.append(tags)
+    for document in documents:
+        doc = nlp(Doc(nlp.vocab, words=[w for words, _ in document for w in words]))
+        doc = label_consistently(doc) if consistent else doc
+        tokens = iter(doc)
+        for words, _ in document:
+            tags = []
+            for token in (next(tokens) for _ in words):
+                kind = SPACY_TO_CONLL.get(token.ent_type_)
+                tags.append(f"{token.ent_iob_}-{kind}" if kind else "O")
+            out.append(tags)
     return out
 
 
@@ -101,15 +115,17 @@ def entity_scores(gold: list[list[str]], pred: list[list[str]]) -> str:
 def ner(manager) -> None:
     from core.ner import ner_model
 
-    test = read_conll(DATA / "conll2003" / "test.txt")
+    documents = read_conll(DATA / "conll2003" / "test.txt")
+    test = flat(documents)
     gold = [keep_types(tags) for _, tags in test]
     start = time.perf_counter()
     nlp = ner_model(manager, "spacy/en_core_web_sm").nlp
-    pred = spacy_tags(nlp, test)
+    pred = spacy_tags(nlp, documents)
     print(f"spaCy tagged {len(test):,} sentences in {time.perf_counter() - start:.1f}s")
-    baseline = majority_tag_baseline(read_conll(DATA / "conll2003" / "train.txt"), test)
+    baseline = majority_tag_baseline(flat(read_conll(DATA / "conll2003" / "train.txt")), test)
     print(f"CoNLL-2003 test, PER/ORG/LOC entity level: spaCy en_core_web_sm {entity_scores(gold, pred)}")
     print(f"  baseline most-frequent-train-tag {entity_scores(gold, baseline)}")
+    print(f"  baseline spaCy alone, without label consistency {entity_scores(gold, spacy_tags(nlp, documents, False))}")
     for kind in KEEP:
         only = lambda seqs: [[t if t[2:] == kind else "O" for t in tags] for tags in seqs]  # noqa: E731
         print(f"  {kind}: spaCy {entity_scores(only(gold), only(pred))}")

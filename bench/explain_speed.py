@@ -3,10 +3,12 @@
 Explains one ~20-token SST-2 validation sentence (from ../shared/data) and prints seconds and model
 evaluations for the Explain tab's default (budget 300, batches of 32) next to shap's defaults
 (Partition budget 500), plus how closely the two agree. Target: <= 10 s on 2 cores for the default.
-Run: PYTHONPATH=. .venv/bin/python bench/explain_speed.py
+Run: PYTHONPATH=. .venv/bin/python bench/explain_speed.py [--model ID_OR_FOLDER]
+(the offline classifier is built on first use, about a minute on quiet cores; --model times another classifier)
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -48,7 +50,10 @@ def shap_defaults(loaded, text: str) -> tuple[float, int, int, "object"]:
     return time.perf_counter() - start, calls["evals"], calls["batches"], values
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=MODEL, help="classifier id or local folder")
+    model_id = parser.parse_args(argv).model
     if not DATA.is_file():
         print(f"explain_speed: {DATA} is absent; nothing to measure.")
         return 0
@@ -60,11 +65,11 @@ def main() -> int:
     from core.shap_explain import DEFAULT_MAX_EVALS, SHAP_DEFAULT_MAX_EVALS, explain_classifier
 
     threads = configure_threads(2)
-    loaded = load_for_explain(ModelManager(offline=True), MODEL, lambda f, m: print(f"  [{f:.0%}] {m}"))
+    loaded = load_for_explain(ModelManager(offline=True), model_id, lambda f, m: print(f"  [{f:.0%}] {m}"))
     text = pick_sentence(loaded.tokenizer)
     start = time.perf_counter()
     explain_classifier(loaded, "A short warm-up sentence.", max_evals=20)  # imports shap, warms torch
-    print(f"model {MODEL}, {threads} threads; first use (shap import + warm-up): {time.perf_counter() - start:.1f} s")
+    print(f"model {model_id}, {threads} threads; first use (shap import + warm-up): {time.perf_counter() - start:.1f} s")
     print(f"sentence ({TARGET_TOKENS} tokens): {text!r}")
 
     ours = min((explain_classifier(loaded, text, max_evals=DEFAULT_MAX_EVALS) for _ in range(2)), key=lambda a: a.seconds)

@@ -1,6 +1,6 @@
 """LoRA on the offline SmolLM2-135M-Instruct lowers perplexity on the held-out part of a small text.
 
-    PYTHONPATH=. .venv/bin/python bench/finetune_lora_smollm2.py [--lines 300] [--epochs 1] [--lr 5e-4]
+    PYTHONPATH=. .venv/bin/python bench/finetune_lora_smollm2.py [--lines 200] [--epochs 1] [--lr 5e-4]
 
 The text is the first `--lines` sentences of ../shared/data/sst2/train_4k.tsv (movie-review fragments, a
 domain the chat model was not tuned for), one example per line; 20% of the lines are held out. The run goes
@@ -20,7 +20,7 @@ DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sst2
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lines", type=int, default=300)
+    parser.add_argument("--lines", type=int, default=200)
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=5e-4)
     args = parser.parse_args()

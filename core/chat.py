@@ -53,10 +53,10 @@ class ReplyStats:
     first_token_s: float | None = None  # time to first token, prefill included
     decode_tokens_per_s: float | None = None  # tokens after the first, per second of decoding
     seed: int | None = None
-    finish: str = ""
+    finish: str = ""  # empty while the reply is still streaming
 
     def describe(self) -> str:
-        parts = [f"{self.tokens} tokens"]
+        parts = [f"{self.tokens} token{'s' if self.tokens != 1 else ''}"]
         if self.decode_tokens_per_s is not None:
             parts.append(f"{self.decode_tokens_per_s:.1f} tok/s")
         if self.first_token_s is not None:
@@ -143,7 +143,6 @@ def stream_reply(model, tokenizer, prompt_ids: list[int], settings: SamplingSett
     text = ""
     start = time.perf_counter()
     first_at = start
-    stats.finish = LENGTH
     for n in range(max_new):
         with torch.inference_mode():
             out = model(input_ids=step_input, past_key_values=past, use_cache=True, **extra)
@@ -179,6 +178,8 @@ def stream_reply(model, tokenizer, prompt_ids: list[int], settings: SamplingSett
         # A token can end inside a multi-byte character: hold its replacement mark back until the rest arrives.
         yield ReplyChunk(text.rstrip("\ufffd"), replace(stats))
         step_input = token[:, None]
+    else:
+        stats.finish = LENGTH
     now = time.perf_counter()
     stats.seconds = now - start
     if len(generated) > 1:

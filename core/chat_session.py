@@ -33,6 +33,7 @@ class ChatUpdate:
     stats: list[ReplyStats | None]
     prompt: Prompt
     notices: list[str]
+    model: LoadedModel
     done: bool = False
     tokens: list[TokenInfo] = field(default_factory=list)
 
@@ -79,11 +80,11 @@ class ChatSession:
         for chunk in stream_reply(loaded.model, loaded.tokenizer, prompt.input_ids, settings, flag, prompt.stop_strings):
             if not chunk.done:
                 yield ChatUpdate(self.turns + [Turn(prompt.message, chunk.text)], self.stats + [chunk.stats], prompt,
-                                 prompt.notices)
+                                 prompt.notices, loaded)
         # Trimmed turns stay on screen; the next prompt trims again from what fits.
         self.turns.append(Turn(prompt.message, chunk.text))
         self.stats.append(chunk.stats)
-        yield ChatUpdate(list(self.turns), list(self.stats), prompt, prompt.notices, done=True,
+        yield ChatUpdate(list(self.turns), list(self.stats), prompt, prompt.notices, loaded, done=True,
                          tokens=describe_steps(loaded.tokenizer, chunk.steps))
 
     def retry(self, manager: ModelManager, settings: SamplingSettings, system: str = DEFAULT_SYSTEM_PROMPT,

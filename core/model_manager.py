@@ -50,6 +50,7 @@ class LoadedModel:
     load_seconds: float
     nbytes: int
     precision_timings: dict[str, float] = field(default_factory=dict)  # CPU auto choice, seconds per 8 tokens
+    precision_agreement: dict[str, float] = field(default_factory=dict)  # share of fp32's next-token predictions kept
 
     @property
     def family(self) -> str:
@@ -163,9 +164,11 @@ class ModelManager:
             raise ModelLoadError(self._explain_failure(model_id, resolved, err)) from err
         model.eval()
         timings: dict[str, float] = {}
+        agreement: dict[str, float] = {}
         if precision == "auto" and self.device.kind == "cpu" and task == CAUSAL_LM:
             report(0.8, "Measuring the fastest precision for this CPU (once per architecture)")
-            wanted, timings = choose_cpu_precision(model)
+            choice = choose_cpu_precision(model, tokenizer)
+            wanted, timings, agreement = choice.best, choice.seconds, choice.agreement
         if self.device.kind != "cpu":
             model.to(self.device.torch_device)
         if wanted != "fp32" or self.device.kind != "cpu":
@@ -173,7 +176,7 @@ class ModelManager:
         report(1.0, f"{model_id} ready")
         return LoadedModel(model_id, task, resolved.source, resolved.path, model, tokenizer, self.device.kind, wanted,
                            bool(getattr(tokenizer, "chat_template", None)), time.perf_counter() - start,
-                           model_nbytes(model), timings)
+                           model_nbytes(model), timings, agreement)
 
     def _check_fits(self, resolved: Resolved, task: str, trust_remote_code: bool) -> None:
         """Refuse before downloading a model that cannot fit in memory."""

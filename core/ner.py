@@ -80,9 +80,40 @@ class SpacyNer:
         if len(text) > SPACY_MAX_CHARS:
             notice = f"The text has {len(text):,} characters; only the first {SPACY_MAX_CHARS:,} were analysed."
             text = text[:SPACY_MAX_CHARS]
-        doc = self.nlp(text)
+        doc = label_consistently(self.nlp(text))
         entities = [Entity(e.text, e.label_, e.start_char, e.end_char, None) for e in doc.ents]
         return NerResult(text, entities, notice)
+
+
+# spaCy labels each mention on its own. Within one text a name the model recognised once is the same
+# entity where it recurs unlabelled, and a person's surname alone refers to them (document-level label
+# consistency; on CoNLL-2003 it lifts PER/ORG/LOC recall, see bench/classify_quality.py).
+CONSISTENT_LABELS = ("PERSON", "ORG", "GPE", "LOC")
+
+
+def label_consistently(doc):
+    """Label unlabelled repeats of names found elsewhere in the doc with their majority label."""
+    from collections import Counter, defaultdict
+
+    from spacy.matcher import PhraseMatcher
+    from spacy.tokens import Doc, Span
+    from spacy.util import filter_spans
+
+    votes: dict[tuple[str, ...], Counter] = defaultdict(Counter)
+    for ent in doc.ents:
+        if ent.label_ in CONSISTENT_LABELS:
+            votes[tuple(t.text for t in ent)][ent.label_] += 1
+            if ent.label_ == "PERSON" and len(ent) > 1:
+                votes[(ent[-1].text,)]["PERSON"] += 1
+    matcher = PhraseMatcher(doc.vocab)
+    for words, counts in votes.items():
+        if words[0][:1].isupper():
+            matcher.add(counts.most_common(1)[0][0], [Doc(doc.vocab, words=list(words))])
+    taken = {i for ent in doc.ents for i in range(ent.start, ent.end)}
+    found = [Span(doc, start, end, label=label) for label, start, end in matcher(doc)
+             if taken.isdisjoint(range(start, end))]
+    doc.ents = list(doc.ents) + filter_spans(found)
+    return doc
 
 
 def strip_iob(label: str) -> str:

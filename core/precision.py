@@ -1,9 +1,10 @@
-"""Numeric precision of a loaded model: apply one, or pick the fastest on this CPU by measuring."""
+"""Numeric precision of a loaded model: apply one, or pick the fastest faithful one on this CPU by measuring."""
 from __future__ import annotations
 
 import json
 import platform
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -12,7 +13,26 @@ from core.paths import cache_dir
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8-dynamic")
 CPU_CANDIDATES = ("fp32", "bf16", "int8-dynamic")
+# A precision must keep the model's next-token predictions (int8-dynamic does not for SmolLM2: about half of
+# them change, and "What is the capital of France?" stops getting "Paris") and be clearly faster than fp32.
+MIN_AGREEMENT = 0.95
+MIN_SPEEDUP = 1.1
+PROBE_TEXT = ("The history of France spans many centuries. Paris became its capital and grew into one of the largest "
+              "cities in Europe, known for art, science and food. The river Seine runs through the city.")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8-dynamic": torch.float32}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    seconds: float  # for 8 cached decode steps
+    agreement: float  # share of next-token predictions equal to fp32's on PROBE_TEXT
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    best: str
+    seconds: dict[str, float]
+    agreement: dict[str, float]
 
 
 def load_dtype(precision: str) -> torch.dtype:
@@ -39,7 +59,7 @@ def default_precision(device_kind: str) -> str:
 def _arch_key(model: nn.Module) -> str:
     cfg = model.config
     dims = [getattr(cfg, k, None) for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")]
-    return f"{dims}|{platform.processor() or platform.machine()}|torch{torch.__version__}|t{torch.get_num_threads()}"
+    return f"v2|{dims}|{platform.processor() or platform.machine()}|torch{torch.__version__}|t{torch.get_num_threads()}"
 
 
 @torch.no_grad()
@@ -56,26 +76,50 @@ def _decode_seconds(model: nn.Module, steps: int = 8) -> float:
     return time.perf_counter() - start
 
 
-def measure_cpu_precisions(fp32_model: nn.Module) -> dict[str, float]:
-    """Decode seconds per candidate precision, each on its own copy of the fp32 model."""
+def probe_ids(tokenizer=None) -> torch.Tensor:
+    """Token ids of a short English text (or fixed ids without a tokenizer) to compare predictions on."""
+    if tokenizer is None:
+        return torch.arange(3, 35).unsqueeze(0)
+    return tokenizer(PROBE_TEXT, return_tensors="pt")["input_ids"]
+
+
+@torch.no_grad()
+def _agreement(model: nn.Module, ids: torch.Tensor, reference: torch.Tensor) -> float:
+    """Share of positions where `model` predicts the same next token as the fp32 reference."""
+    return float((model(input_ids=ids).logits.argmax(-1) == reference).float().mean())
+
+
+def measure_cpu_precisions(fp32_model: nn.Module, ids: torch.Tensor) -> dict[str, Measurement]:
+    """Decode speed and agreement with fp32 per candidate precision, each on its own copy of the model."""
     import copy
 
-    timings = {}
+    with torch.no_grad():
+        reference = fp32_model(input_ids=ids).logits.argmax(-1)
+    measured = {}
     for precision in CPU_CANDIDATES:
-        candidate = apply_precision(copy.deepcopy(fp32_model), precision)
+        candidate = fp32_model if precision == "fp32" else apply_precision(copy.deepcopy(fp32_model), precision)
         _decode_seconds(candidate, 2)  # warm-up
-        timings[precision] = min(_decode_seconds(candidate) for _ in range(2))
+        seconds = min(_decode_seconds(candidate) for _ in range(2))
+        measured[precision] = Measurement(seconds, _agreement(candidate, ids, reference))
         del candidate
-    return timings
+    return measured
 
 
-def choose_cpu_precision(fp32_model: nn.Module) -> tuple[str, dict[str, float]]:
-    """Fastest CPU precision for this architecture, measured once and remembered on disk."""
+def pick(measured: dict[str, Measurement]) -> str:
+    """Fastest candidate that predicts like fp32; it must beat fp32 clearly, or timing noise would decide."""
+    faithful = {p: m for p, m in measured.items() if m.agreement >= MIN_AGREEMENT}
+    best = min(faithful, key=lambda p: faithful[p].seconds)  # fp32 always agrees with itself
+    return best if faithful[best].seconds < measured["fp32"].seconds / MIN_SPEEDUP else "fp32"
+
+
+def choose_cpu_precision(fp32_model: nn.Module, tokenizer=None) -> PrecisionChoice:
+    """Fastest faithful CPU precision for this architecture, measured once and remembered on disk."""
     memo = cache_dir() / "precision_choices.json"
     known = json.loads(memo.read_text()) if memo.exists() else {}
     key = _arch_key(fp32_model)
     if key not in known:
-        timings = measure_cpu_precisions(fp32_model)
-        known[key] = {"best": min(timings, key=timings.get), "seconds": timings}
+        measured = measure_cpu_precisions(fp32_model, probe_ids(tokenizer))
+        known[key] = {"best": pick(measured), "seconds": {p: m.seconds for p, m in measured.items()},
+                      "agreement": {p: m.agreement for p, m in measured.items()}}
         memo.write_text(json.dumps(known, indent=1))
-    return known[key]["best"], known[key]["seconds"]
+    return PrecisionChoice(known[key]["best"], known[key]["seconds"], known[key]["agreement"])

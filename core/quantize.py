@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import logging
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -17,8 +18,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-# bitsandbytes warns on every int8 matmul that CPU float32 inputs are cast to float16: expected here, and noisy.
-warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+# bitsandbytes logs on every int8 matmul that CPU float32 inputs are cast to float16: expected here, and noisy.
+logging.getLogger("bitsandbytes.autograd._functions").addFilter(lambda record: "inputs will be cast" not in record.msg)
 
 @dataclass(frozen=True)
 class CompressionOptions:

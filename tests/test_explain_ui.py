@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -67,3 +68,14 @@ def test_both_views_in_chromium(page, screenshot_dir):
     page.get_by_text("Strongest tokens for").first.wait_for(timeout=30_000)
     page.screenshot(path=str(screenshot_dir / "explain_shap.png"), full_page=True)
     assert "France" in page.locator(".shap-text").inner_text()
+
+
+def test_stop_button_ends_a_running_shap(client, tiny_classifier_dir):
+    long_text = " ".join(["the film was wonderful but far too long"] * 12)
+    job = client.submit(str(tiny_classifier_dir), long_text, "", 2000, 128, api_name="/explain_shap")
+    deadline = time.monotonic() + 60
+    while not job.outputs() and time.monotonic() < deadline:  # the first yield hands this run's flag to the session
+        time.sleep(0.05)
+    assert client.predict(api_name="/explain_stop").startswith("⏹️")
+    status, *_ = job.result(timeout=60)
+    assert status.startswith("⚠️ Stopped after")

@@ -123,23 +123,38 @@ def test_int8_dynamic_quantizes_linear_layers(manager, tiny_lm_dirs):
     assert loaded.nbytes < manager.load(str(tiny_lm_dirs["llama"]), precision="fp32").nbytes
 
 
-def test_auto_precision_picks_the_fastest_measured_and_remembers_it(tmp_path, monkeypatch, tiny_lm_dirs):
+def test_auto_precision_picks_the_fastest_faithful_one_and_remembers_it(tmp_path, monkeypatch, tiny_lm_dirs):
     monkeypatch.setenv("LLMPG_HOME", str(tmp_path))
     measured = []
-    monkeypatch.setattr(precision, "measure_cpu_precisions",
-                        lambda model: measured.append(1) or {"fp32": 3.0, "bf16": 1.0, "int8-dynamic": 2.0})
+    fake = {"fp32": precision.Measurement(3.0, 1.0), "bf16": precision.Measurement(2.0, 0.99),
+            "int8-dynamic": precision.Measurement(1.0, 0.5)}  # int8 is fastest but changes half the predictions
+    monkeypatch.setattr(precision, "measure_cpu_precisions", lambda model, ids: measured.append(ids) or fake)
     loaded = ModelManager(offline=True).load(str(tiny_lm_dirs["phi"]))
     assert loaded.precision == "bf16" and next(loaded.model.parameters()).dtype == torch.bfloat16
-    assert loaded.precision_timings == {"fp32": 3.0, "bf16": 1.0, "int8-dynamic": 2.0}
+    assert loaded.precision_timings == {"fp32": 3.0, "bf16": 2.0, "int8-dynamic": 1.0}
+    assert loaded.precision_agreement["int8-dynamic"] == 0.5
     assert ModelManager(offline=True).load(str(tiny_lm_dirs["phi"])).precision == "bf16"
-    assert measured == [1] and (tmp_path / "precision_choices.json").exists()
+    assert len(measured) == 1 and (tmp_path / "precision_choices.json").exists()
+    assert measured[0].shape[1] > 20  # predictions are compared on real text, tokenized by the model's tokenizer
+
+
+@pytest.mark.parametrize("seconds, agreement, best", [
+    ((3.0, 2.0, 1.0), (1.0, 0.99, 0.5), "bf16"),
+    ((3.0, 2.0, 1.0), (1.0, 0.99, 0.97), "int8-dynamic"),
+    ((3.0, 2.9, 2.8), (1.0, 1.0, 1.0), "fp32"),  # within timing noise of fp32: keep fp32
+    ((3.0, 1.0, 1.0), (1.0, 0.2, 0.2), "fp32"),
+])
+def test_pick_the_fastest_that_keeps_predictions(seconds, agreement, best):
+    measured = {p: precision.Measurement(s, a) for p, s, a in zip(precision.CPU_CANDIDATES, seconds, agreement)}
+    assert precision.pick(measured) == best
 
 
 def test_real_measurement_covers_every_cpu_candidate(tiny_lm_dirs):
-    model = ModelManager(offline=True).load(str(tiny_lm_dirs["gpt2"]), precision="fp32").model
-    timings = precision.measure_cpu_precisions(model)
-    assert set(timings) == set(precision.CPU_CANDIDATES) and all(t > 0 for t in timings.values())
-    assert next(model.parameters()).dtype == torch.float32  # candidates are measured on copies
+    loaded = ModelManager(offline=True).load(str(tiny_lm_dirs["llama"]), precision="fp32")
+    measured = precision.measure_cpu_precisions(loaded.model, precision.probe_ids(loaded.tokenizer))
+    assert set(measured) == set(precision.CPU_CANDIDATES) and all(m.seconds > 0 for m in measured.values())
+    assert measured["fp32"].agreement == 1.0 and all(0 <= m.agreement <= 1 for m in measured.values())
+    assert next(loaded.model.parameters()).dtype == torch.float32  # candidates are measured on copies
 
 
 def test_thread_count_follows_the_setting(monkeypatch):

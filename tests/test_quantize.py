@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from core.paths import assets_dir
 from core.perplexity import perplexity
-from core.quantize import (CompressionOptions, Int8WeightOnlyLinear, LowRankLinear, block_linears, build_variant, conv1d_to_linear,
-                           register_variant, unavailable_reason, variant_id)
+from core.quantize import (CompressionOptions, Int8WeightOnlyLinear, LowRankLinear, block_linears, build_variant,
+                           conv1d_to_linear, register_variant, unavailable_reason, variant_id)
 from core.quantize_metrics import (EvalSettings, LabelledTexts, compare_variants, read_labelled_csv, serialized_bytes,
                                    size_quality_figure, speed_figure)
 from core.registry import CAUSAL_LM, TEXT_CLASSIFICATION

@@ -54,3 +54,11 @@ def test_results_in_the_browser(page, tiny_lm_dirs, screenshot_dir):
     page.locator(".js-plotly-plot").first.wait_for()
     page.screenshot(path=str(screenshot_dir / "quantize_results.png"), full_page=True)
     assert page.get_by_text("needs a CUDA GPU").count() >= 1
+    page.get_by_role("button", name="Load variant into Chat").click()
+    if page.get_by_role("tab", name="💬 Chat").count():  # the whole app: the chat tab opens on the new variant
+        page.get_by_label("Chat model", exact=True).first.wait_for()
+        page.wait_for_function("() => [...document.querySelectorAll('input')].some(i => i.value.includes('[pruned]'))",
+                               timeout=60_000)
+        page.screenshot(path=str(screenshot_dir / "quantize_variant_in_chat.png"))
+    else:
+        page.get_by_text("Registered").wait_for(timeout=60_000)

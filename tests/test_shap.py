@@ -118,8 +118,9 @@ def test_real_bert_is_exact_and_stays_in_budget(services, tiny_classifier_dir):
     text = "I loved this movie <script>alert(1)</script> & it was wonderful"
     attribution = explain_classifier(loaded, text, max_evals=60)
     assert attribution.model_evals <= 60
+    # exact up to float32 noise: the masked texts were scored in padded batches, the full text alone
     np.testing.assert_allclose(attribution.base_values + attribution.values.sum(0), class_log_odds(loaded, [text])[0],
-                               atol=1e-5)
+                               atol=1e-4)
     page = attribution_html(attribution, 1)
     assert "<script>" not in page and "&lt;" in page and "&amp;" in page
     bars = attribution_bar_figure(attribution, 1, k=5)

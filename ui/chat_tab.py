@@ -8,6 +8,7 @@ import gradio as gr
 from core.chat import GenerationError, ReplyStats, SamplingSettings
 from core.chat_session import ChatSession, ChatUpdate, EmptyMessageError
 from core.model_manager import LoadedModel, ModelLoadError
+from core.precision import MIN_AGREEMENT
 from core.prompting import CHAT_TEMPLATE, DEFAULT_SYSTEM_PROMPT, Turn
 from core.registry import CAUSAL_LM
 from core.services import Services
@@ -27,10 +28,13 @@ def chat_messages(turns: list[Turn], stats: list[ReplyStats | None]) -> list[dic
 
 def model_summary(loaded: LoadedModel) -> str:
     prompt_format = CHAT_TEMPLATE if loaded.is_chat else "plain continuation (base model: see the prompt below)"
-    measured = ", ".join(f"{p} {s * 1000 / 8:.0f} ms/token" for p, s in loaded.precision_timings.items())
+    agree = loaded.precision_agreement
+    measured = ", ".join(f"{p} {s * 1000 / 8:.0f} ms/token" + (f" ({agree[p]:.0%} same predictions)" if p in agree else "")
+                         for p, s in loaded.precision_timings.items())
     return (f"✅ **{loaded.model_id}** · {loaded.family} · **{loaded.precision}** on **{loaded.device}** · "
             f"{loaded.nbytes / 2**20:,.1f} MiB · prompt: {prompt_format}"
-            + (f"<br><span class='notice'>CPU precision measured: {measured}</span>" if measured else ""))
+            + (f"<br><span class='notice'>Auto precision, measured once for this CPU: {measured}. "
+               f"Chosen: the fastest that keeps ≥{MIN_AGREEMENT:.0%} of fp32's next-token predictions.</span>" if measured else ""))
 
 
 class ChatHandlers:
@@ -62,7 +66,7 @@ class ChatHandlers:
                                 progress)
 
     def _stream(self, session: ChatSession, message: str, start, progress):
-        """Outputs: chatbot, message box, status, token view, prompt sent."""
+        """Outputs: chatbot, message box, status, token view, prompt sent, model info."""
         warned = False
         try:
             for update in start(progress_callback(progress)):
@@ -73,9 +77,9 @@ class ChatHandlers:
                 yield self._view(update)
         except EmptyMessageError as err:
             gr.Warning(str(err))
-            yield chat_messages(session.turns, session.stats), message, f"⚠️ {err}", gr.skip(), gr.skip()
+            yield chat_messages(session.turns, session.stats), message, f"⚠️ {err}", gr.skip(), gr.skip(), gr.skip()
         except (ModelLoadError, GenerationError) as err:
-            yield chat_messages(session.turns, session.stats), message, f"❌ {err}", gr.skip(), gr.skip()
+            yield chat_messages(session.turns, session.stats), message, f"❌ {err}", gr.skip(), gr.skip(), gr.skip()
 
     @staticmethod
     def _view(update: ChatUpdate):
@@ -83,7 +87,8 @@ class ChatHandlers:
         status = "\n\n".join([f"⚠️ {n}" for n in update.notices]
                              + ([f"**Last reply:** {stats.describe()}"] if stats and update.done else []))
         tokens = render_html(update.tokens) if update.done else gr.skip()
-        return chat_messages(update.turns, update.stats), "", status, tokens, update.prompt.text
+        return (chat_messages(update.turns, update.stats), "", status, tokens, update.prompt.text,
+                model_summary(update.model))
 
     @staticmethod
     def stop(session: ChatSession) -> None:
@@ -142,7 +147,7 @@ def build_tab(shell) -> dict[str, gr.Component]:
                              info="Same seed and settings give the same reply; -1 = random (shown under the reply)")
 
     settings = [system, temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens, seed]
-    stream_outputs = [chatbot, message, status, token_view, prompt]
+    stream_outputs = [chatbot, message, status, token_view, prompt, model_info]
     generating = dict(concurrency_limit=4, concurrency_id="chat_generate", show_progress="minimal")
     gr.on([message.submit, send.click], handlers.send, [session, message, *settings], stream_outputs,
           api_name="chat_send", **generating)

@@ -155,8 +155,8 @@ def build_tab(shell) -> dict[str, gr.Component]:
                 with gr.Row():
                     upload = gr.File(label="CSV or TXT file", file_types=[".csv", ".txt"], type="filepath")
                     with gr.Column():
-                        column = gr.Dropdown(label="Text column", choices=[], allow_custom_value=False,
-                                             info="Filled in after upload")
+                        column = gr.Dropdown(label="Text column", choices=[], allow_custom_value=True,
+                                             info="Filled in after upload; pick or type a column name")
                         upload_info = gr.Markdown()
                 gr.Examples([[str(assets_dir() / "classify_examples.csv")], [str(assets_dir() / "classify_examples.txt")]],
                             inputs=[upload], label="Example files (click to load)")

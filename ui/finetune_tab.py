@@ -69,7 +69,13 @@ def loss_figure(snap: ProgressSnapshot | None) -> go.Figure:
             if points:
                 steps, values = zip(*points)
                 fig.add_scatter(x=steps, y=values, mode="lines+markers", name=name)
-    fig.update_layout(title="Loss", xaxis_title="step", yaxis_title="loss", height=320, margin=dict(l=40, r=10, t=40, b=40))
+        if snap.eval_metrics:  # the metric that picks the best weights (e.g. macro F1), on its own axis
+            steps, names, values = zip(*snap.eval_metrics)
+            fig.add_scatter(x=steps, y=values, mode="lines+markers", name=f"eval {names[0]}", yaxis="y2",
+                            line=dict(dash="dot"))
+            fig.update_layout(yaxis2=dict(title=names[0], overlaying="y", side="right", range=[0, 1.05]))
+    fig.update_layout(title="Loss", xaxis_title="step", yaxis_title="loss", height=320, margin=dict(l=40, r=40, t=40, b=40),
+                      legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
     return fig
 
 
@@ -140,7 +146,7 @@ class FinetuneHandlers:
             table, names = preview(path), columns(path)
         except UploadError as err:
             return *empty, f"⚠️ {err}"
-        table = table.map(lambda v: v[:90] + "…" if isinstance(v, str) and len(v) > 90 else v)  # room for every column
+        table = table.map(lambda v: v[:45] + "…" if isinstance(v, str) and len(v) > 45 else v)  # room for every column
         prompt = _guess(names, "prompt", "instruction", "question", fallback=False)
         return (table, gr.update(choices=names, value=_guess(names, "text", "response", "sentence", "review")),
                 gr.update(choices=names, value=_guess(names, "label", "labels", "sentiment", "class")),

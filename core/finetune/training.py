@@ -94,6 +94,23 @@ def training_arguments(hyper: Hyperparameters, task: FineTuneTask, n_train: int,
     )
 
 
+def save_to_store(store: ModelStore, spec: FineTuneSpec, task: FineTuneTask, model, tokenizer,
+                  metrics: dict[str, Metrics], facts: dict, notes: str) -> tuple[Path, ModelCard]:
+    """safetensors weights, tokenizer and a card (data hash, hyperparameters, metrics) in a new store folder."""
+    folder = store.new_folder(spec.store_name())
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    card_metrics = metrics["eval"].summary()
+    if "extra" in metrics:
+        card_metrics |= {f"ood_{k}": v for k, v in metrics["extra"].summary().items()}
+    card = ModelCard(name=folder.name, task=task.registry_task, base_model=spec.base_model,
+                     data_hash=spec.data.data_hash,
+                     hyperparameters=asdict(spec.hyper) | facts | {"train_examples": len(spec.data.train)},
+                     metrics={k: round(v, 4) for k, v in card_metrics.items()}, notes=notes)
+    store.write_card(folder, card)
+    return folder, card
+
+
 def run_finetune(spec: FineTuneSpec, resolve_path, store: ModelStore, progress: TrainingProgress | None = None,
                  stop: StopFlag | None = None) -> FineTuneResult:
     """Train, evaluate (validation and out-of-domain) and save to the store.
@@ -141,18 +158,10 @@ def run_finetune(spec: FineTuneSpec, resolve_path, store: ModelStore, progress: 
     if hyper.lora:  # fold the adapter into the weights so every tab loads it as a plain model
         model = trainer.model.merge_and_unload()
     progress.set_phase("Saving to the model store")
-    folder = store.new_folder(spec.store_name())
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
     notes = "stopped by the user; " if stop.stopped else "early stopping; " if early_stopped else ""
-    card_metrics = metrics["eval"].summary() | {f"ood_{k}": v for k, v in
-                                                (metrics["extra"].summary() if "extra" in metrics else {}).items()}
-    card = ModelCard(name=folder.name, task=task.registry_task, base_model=spec.base_model, data_hash=data.data_hash,
-                     hyperparameters=asdict(hyper) | {"trainable_params": trainable, "total_params": total,
-                                                      "steps": steps, "train_examples": len(data.train)},
-                     metrics={k: round(v, 4) for k, v in card_metrics.items()},
-                     notes=f"{notes}kept the weights of step {best.best_step or steps}")
-    store.write_card(folder, card)
+    folder, card = save_to_store(store, spec, task, model, tokenizer, metrics,
+                                 {"trainable_params": trainable, "total_params": total, "steps": steps},
+                                 f"{notes}kept the weights of step {best.best_step or steps}")
     progress.set_phase("Done")
     return FineTuneResult(spec, folder, metrics["eval"], metrics.get("extra"), trainable, total, steps,
                           seconds, stop.stopped, early_stopped, best.best_step, card)

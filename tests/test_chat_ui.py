@@ -1,0 +1,90 @@
+"""The chat tab through its public API (gradio_client) and in a real browser."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from gradio_client import Client
+
+
+def reply_text(chatbot: list[dict]) -> str:
+    content = chatbot[-1]["content"]
+    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
+
+
+def load(client: Client, folder) -> str:
+    return client.predict(model_id=str(folder), allow_remote_code=False, api_name="/chat_load_model")
+
+
+def test_load_a_folder_then_chat_through_the_api(client, tiny_lm_dirs):
+    assert "✅" in load(client, tiny_lm_dirs["llama"]) and "chat template" in load(client, tiny_lm_dirs["llama"])
+    chatbot, box, status, tokens, prompt, info = client.predict(message="Hello there", temperature=0, max_new_tokens=6,
+                                                          api_name="/chat_send")
+    assert [m["role"] for m in chatbot] == ["user", "assistant"] and box == ""
+    assert "6 tokens" in reply_text(chatbot) and "tok/s" in status and "first token" in status
+    assert "token-view" in tokens and prompt.endswith("<|im_start|>assistant\n") and "chat template" in info
+    again = client.predict(temperature=0, max_new_tokens=6, api_name="/chat_retry")
+    assert len(again[0]) == 2 and reply_text(again[0]).split("<sub>")[0] == reply_text(chatbot).split("<sub>")[0]
+    chatbot, box = client.predict(api_name="/chat_undo")
+    assert chatbot == [] and box == "Hello there"
+    assert client.predict(message="  ", api_name="/chat_send")[2].startswith("⚠️")
+
+
+def test_an_unknown_model_keeps_the_previous_one(client, tiny_lm_dirs):
+    load(client, tiny_lm_dirs["gpt2"])
+    info = load(client, "no-such-org/no-such-model")
+    assert "no-such-org/no-such-model" in info and "Offline choices" in info and str(tiny_lm_dirs["gpt2"]) in info
+    chatbot, *_, prompt, _info = client.predict(message="Hi", temperature=0, max_new_tokens=3, api_name="/chat_send")
+    assert prompt.endswith("User: Hi\nAssistant:")  # still the base gpt2 model, plain continuation
+    client.predict(api_name="/chat_clear")
+
+
+def test_two_users_chat_at_once_and_stop_only_their_own_reply(app_url, tiny_lm_dirs, monkeypatch):
+    monkeypatch.setattr("core.chat.eos_token_ids", lambda *_: set())  # random tiny models: no early end of text
+    alice, bob = Client(app_url, verbose=False), Client(app_url, verbose=False)
+    for user in (alice, bob):
+        load(user, tiny_lm_dirs["phi"])
+    long_reply = dict(message="Tell me a story", temperature=1.0, max_new_tokens=400, seed=1, api_name="/chat_send")
+    alice_job = alice.submit(**long_reply)
+    bob_reply = {}
+    bob_thread = threading.Thread(target=lambda: bob_reply.setdefault(
+        "out", bob.predict(message="Hi", temperature=1.0, max_new_tokens=40, seed=2, api_name="/chat_send")))
+    bob_thread.start()
+    while not alice_job.outputs():  # wait until alice's reply is streaming
+        time.sleep(0.05)
+    alice.predict(api_name="/chat_stop")
+    alice_status = alice_job.result()[2]
+    bob_thread.join()
+    assert "stopped by user" in alice_status
+    assert "40 tokens" in bob_reply["out"][2] and "max new tokens" in bob_reply["out"][2]
+
+
+def test_changing_model_stops_a_running_reply(app_url, tiny_lm_dirs, monkeypatch):
+    monkeypatch.setattr("core.chat.eos_token_ids", lambda *_: set())
+    user = Client(app_url, verbose=False)
+    load(user, tiny_lm_dirs["gpt2"])
+    job = user.submit(message="Go on", temperature=1.0, max_new_tokens=400, seed=3, api_name="/chat_send")
+    while not job.outputs():
+        time.sleep(0.05)
+    assert "phi3" in load(user, tiny_lm_dirs["phi3"])
+    assert "stopped by user" in job.result()[2]
+
+
+@pytest.mark.browser
+@pytest.mark.real_model
+def test_browser_type_stream_stop(page, screenshot_dir):
+    """A user types a question, watches the default model's reply stream, presses Stop."""
+    page.get_by_role("tab", name="💬 Chat").click()
+    box = page.locator("#chat-message textarea")
+    box.fill("Write a long story about a dragon who learns to read.")
+    box.press("Enter")
+    bubble = page.locator("[data-testid='bot']").last
+    bubble.wait_for(timeout=60_000)
+    page.wait_for_function("() => { const b = [...document.querySelectorAll(\"[data-testid='bot']\")].pop();"
+                           " return b && b.innerText.trim().split(/\\s+/).length >= 5; }", timeout=60_000)
+    page.get_by_role("button", name="Stop").click()
+    page.locator("#chat-status").get_by_text("stopped by user").wait_for(timeout=30_000)
+    page.locator(".token-view span[title]").first.wait_for(timeout=10_000)
+    page.screenshot(path=str(screenshot_dir / "chat_stream_stop.png"), full_page=True)
+    assert "stopped by user" in bubble.inner_text()
