@@ -23,6 +23,11 @@ class StopFlag:
     def stopped(self) -> bool:
         return self._event.is_set()
 
+    def __deepcopy__(self, _memo) -> "StopFlag":
+        # gr.State deep-copies its initial value once per session (and an Event cannot be copied):
+        # every session gets its own fresh flag, so one user's Stop never reaches another's work.
+        return StopFlag()
+
 
 class StopOnFlag(StoppingCriteria):
     """Ends `model.generate` at the next token once the flag is set."""

@@ -100,3 +100,4 @@ def screenshot_dir() -> Path:
     folder = ARTIFACTS / "screenshots"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
+from tests.browser_helpers import open_tab
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -70,9 +71,9 @@ def test_missing_model_and_bad_templates_get_messages(bias_client):
     assert out[0].startswith("⚠️") and "/no/such/lm" in out[0]
 
 
-def _pick(page, label: str, value: str) -> None:
+def _pick(tab, label: str, value: str) -> None:
     """Type a custom value (a local folder) into a model picker."""
-    box = page.get_by_label(label, exact=True)
+    box = tab.get_by_label(label, exact=True)
     box.click()
     box.fill(value)
     box.press("Enter")
@@ -80,21 +81,21 @@ def _pick(page, label: str, value: str) -> None:
 
 @pytest.mark.browser
 def test_fairness_run_and_report_screenshots(page, app_url, tiny_classifier_dir, tiny_lm_dirs, screenshot_dir):
-    page.get_by_role("tab", name="⚖️ Bias").click()
-    _pick(page, "Classifier", str(tiny_classifier_dir))
-    _pick(page, "Language model", str(tiny_lm_dirs["llama"]))
-    page.get_by_role("tab", name="Paired sentences").click()
-    page.get_by_role("button", name="Score pairs").click()
-    page.get_by_text("pairs prefer the stereotyping sentence").wait_for(timeout=60_000)
-    page.get_by_role("tab", name="Fairness").click()
-    page.get_by_role("button", name="Measure fairness").click()
-    page.get_by_text("overall accuracy").wait_for(timeout=60_000)
-    page.locator(".js-plotly-plot:visible").nth(1).wait_for(timeout=30_000)
+    tab = open_tab(page, "bias")
+    _pick(tab, "Classifier", str(tiny_classifier_dir))
+    _pick(tab, "Language model", str(tiny_lm_dirs["llama"]))
+    tab.get_by_role("tab", name="Paired sentences").click()
+    tab.get_by_role("button", name="Score pairs").click()
+    tab.get_by_text("pairs prefer the stereotyping sentence").wait_for(timeout=60_000)
+    tab.get_by_role("tab", name="Fairness").click()
+    tab.get_by_role("button", name="Measure fairness").click()
+    tab.get_by_text("overall accuracy").wait_for(timeout=60_000)
+    tab.locator(".js-plotly-plot:visible").nth(1).wait_for(timeout=30_000)
     page.screenshot(path=str(screenshot_dir / "bias_fairness.png"), full_page=True)
-    page.get_by_role("tab", name="Report").click()
-    page.get_by_role("button", name="Build report").click()
-    page.get_by_text("Report with 2 probe(s)").wait_for(timeout=30_000)
-    link = page.locator("a[href*='bias-report-'][href$='.html']").first
+    tab.get_by_role("tab", name="Report").click()
+    tab.get_by_role("button", name="Build report").click()
+    tab.get_by_text("Report with 2 probe(s)").wait_for(timeout=30_000)
+    link = tab.locator("a[href*='bias-report-'][href$='.html']").first
     link.wait_for(state="attached", timeout=30_000)
     href = link.get_attribute("href")
     downloaded = page.request.get(href if href.startswith("http") else app_url.rstrip("/") + href)

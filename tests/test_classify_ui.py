@@ -6,6 +6,7 @@ from gradio_client import handle_file
 
 from core.paths import assets_dir
 from ui.classify_tab import CLASSIFIER, ZERO_SHOT_MODE
+from tests.browser_helpers import open_tab
 
 
 def classify(client, model_dir, text, mode=CLASSIFIER, labels="sports, politics", zero_shot_model=None):
@@ -58,18 +59,18 @@ def test_ner_through_the_api(client, tiny_ner_dir):
 @pytest.mark.real_model
 def test_both_sub_tabs_in_a_browser(page, screenshot_dir):
     """Click an example, run offline models (zero-shot MiniLM, spaCy) and capture each sub-tab."""
-    page.get_by_role("tab", name="🏷️ Classify & NER").click()
-    page.get_by_text("The striker scored twice").first.click()
+    tab = open_tab(page, "classify")
+    tab.get_by_text("The striker scored twice").first.click()
     page.wait_for_timeout(1_500)  # the example sets mode, text and labels through events; let them land
-    page.get_by_role("button", name="Classify", exact=True).click()
-    page.get_by_text("normalised entropy").first.wait_for(timeout=120_000)
+    tab.get_by_role("button", name="Classify", exact=True).click()
+    tab.get_by_text("normalised entropy").first.wait_for(timeout=120_000)
     page.wait_for_timeout(1_000)
     page.screenshot(path=str(screenshot_dir / "classify_text.png"), full_page=True)
-    page.get_by_role("tab", name="Named entities").click()
-    page.get_by_text("Angela Merkel met").first.click()
+    tab.get_by_role("tab", name="Named entities").click()
+    tab.get_by_text("Angela Merkel met").first.click()
     page.wait_for_timeout(1_000)
-    page.get_by_role("button", name="Find entities").click()
-    page.get_by_text("entities · types").first.wait_for(timeout=60_000)
+    tab.get_by_role("button", name="Find entities").click()
+    tab.get_by_text("entities · types").first.wait_for(timeout=60_000)
     page.wait_for_timeout(1_000)
     page.screenshot(path=str(screenshot_dir / "classify_ner.png"), full_page=True)
-    assert page.get_by_text("PERSON").count() > 0
+    assert tab.get_by_text("PERSON").count() > 0

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from core.registry import DEFAULT_CHAT_MODEL, OFFLINE_ENCODER
+from tests.browser_helpers import open_tab
 
 PROMPT = "The capital of France is"
 
@@ -50,24 +51,24 @@ def test_shap_on_a_classifier_through_the_api(client, tiny_classifier_dir):
 @pytest.mark.browser
 def test_both_views_in_chromium(page, screenshot_dir):
     """SmolLM2 (the offline chat model): attention heatmaps, then SHAP on the continuation " Paris"."""
-    page.get_by_role("tab", name="🔍 Explain").click()
-    picker = page.get_by_label("Model", exact=True)
+    tab = open_tab(page, "explain")
+    picker = tab.get_by_label("Model", exact=True)
     picker.fill(DEFAULT_CHAT_MODEL)
     picker.press("Enter")
-    page.get_by_label("Text (for a language model: the prompt)").fill(PROMPT)
-    page.get_by_role("button", name="Show attention").click()
-    page.get_by_text("30 layers x 9 heads").first.wait_for(timeout=120_000)
-    page.locator(".js-plotly-plot").nth(1).wait_for(timeout=30_000)
+    tab.get_by_label("Text (for a language model: the prompt)").fill(PROMPT)
+    tab.get_by_role("button", name="Show attention").click()
+    tab.get_by_text("30 layers x 9 heads").first.wait_for(timeout=120_000)
+    tab.locator(".js-plotly-plot").nth(1).wait_for(timeout=30_000)
     page.screenshot(path=str(screenshot_dir / "explain_attention.png"), full_page=True)
-    assert page.get_by_text("Attention shows the mechanism").count() == 1
+    assert tab.get_by_text("Attention shows the mechanism").count() == 1
 
-    page.get_by_role("tab", name="SHAP attributions").click()
-    page.get_by_label("Continuation to explain (language models)").fill("Paris")
-    page.get_by_role("button", name="Explain with SHAP").click()
-    page.locator(".shap-text").wait_for(timeout=120_000)
-    page.get_by_text("Strongest tokens for").first.wait_for(timeout=30_000)
+    tab.get_by_role("tab", name="SHAP attributions").click()
+    tab.get_by_label("Continuation to explain (language models)").fill("Paris")
+    tab.get_by_role("button", name="Explain with SHAP").click()
+    tab.locator(".shap-text").wait_for(timeout=120_000)
+    tab.get_by_text("Strongest tokens for").first.wait_for(timeout=30_000)
     page.screenshot(path=str(screenshot_dir / "explain_shap.png"), full_page=True)
-    assert "France" in page.locator(".shap-text").inner_text()
+    assert "France" in tab.locator(".shap-text").inner_text()
 
 
 def test_stop_button_ends_a_running_shap(client, tiny_classifier_dir):

@@ -10,6 +10,7 @@ import pytest
 from core.finetune.tasks import default_hyperparameters
 from core.registry import TEXT_CLASSIFICATION
 from ui.finetune_tab import HYPER_FIELDS
+from tests.browser_helpers import open_tab
 
 
 def hyper_args(**changes) -> list:
@@ -76,26 +77,26 @@ def test_client_bad_file_gets_a_message(client, tmp_path):
 
 @pytest.mark.browser
 def test_browser_trains_the_example(page, screenshot_dir, tiny_classifier_dir):
-    page.get_by_role("tab", name="Fine-tune").click()
-    page.get_by_label("Base model").fill(str(tiny_classifier_dir))
-    page.get_by_label("Base model").press("Enter")
-    page.get_by_role("button", name="Load the example data for this task").click()
-    page.locator(".cell-wrap:visible", has_text="positive").first.wait_for(timeout=30_000)  # the label column of the preview
-    page.get_by_role("button", name="Hyperparameters").click()
-    page.get_by_label("Epochs").fill("20")  # long enough to be seen running; Stop ends it
-    page.get_by_label("Learning rate").fill("0.001")
-    page.get_by_role("button", name="Train", exact=True).click()
-    page.get_by_text("step ", exact=False).first.wait_for(timeout=60_000)
-    page.locator(".js-plotly-plot .scatterlayer .trace").first.wait_for(timeout=60_000)  # loss points are drawn
+    tab = open_tab(page, "finetune")
+    tab.get_by_label("Base model").fill(str(tiny_classifier_dir))
+    tab.get_by_label("Base model").press("Enter")
+    tab.get_by_role("button", name="Load the example data for this task").click()
+    tab.locator(".cell-wrap:visible", has_text="positive").first.wait_for(timeout=30_000)  # the label column of the preview
+    tab.get_by_role("button", name="Hyperparameters").click()
+    tab.get_by_label("Epochs").fill("20")  # long enough to be seen running; Stop ends it
+    tab.get_by_label("Learning rate").fill("0.001")
+    tab.get_by_role("button", name="Train", exact=True).click()
+    tab.get_by_text("step ", exact=False).first.wait_for(timeout=60_000)
+    tab.locator(".js-plotly-plot .scatterlayer .trace").first.wait_for(timeout=60_000)  # loss points are drawn
     page.wait_for_timeout(1500)
     page.screenshot(path=str(screenshot_dir / "finetune_during.png"), full_page=True)
-    assert page.get_by_text("ETA", exact=False).count() >= 1
+    assert tab.get_by_text("ETA", exact=False).count() >= 1
     page.reload()  # the run lives on the server, found again through the id the browser keeps
-    page.get_by_role("tab", name="Fine-tune").click()
-    page.get_by_text("Text classification on", exact=False).first.wait_for(timeout=30_000)
-    page.get_by_role("button", name="Stop", exact=True).click()
-    page.get_by_text("Results:", exact=False).wait_for(timeout=120_000)
+    tab = open_tab(page, "finetune")
+    tab.get_by_text("Text classification on", exact=False).first.wait_for(timeout=30_000)
+    tab.get_by_role("button", name="Stop", exact=True).click()
+    tab.get_by_text("Results:", exact=False).wait_for(timeout=120_000)
     page.wait_for_timeout(1000)
     page.screenshot(path=str(screenshot_dir / "finetune_after.png"), full_page=True)
-    assert page.get_by_text("macro F1", exact=False).count() >= 1
-    assert page.get_by_text("stopped by you", exact=False).count() >= 1
+    assert tab.get_by_text("macro F1", exact=False).count() >= 1
+    assert tab.get_by_text("stopped by you", exact=False).count() >= 1

@@ -60,3 +60,18 @@ def test_spacy_default_finds_hand_checked_entities(services):
     found = {(e.text, e.label) for e in result.entities}
     assert {("Angela Merkel", "PERSON"), ("Emmanuel Macron", "PERSON"), ("Paris", "GPE")} <= found
     assert all(e.score is None for e in result.entities)
+
+
+def test_label_consistency_tags_repeats_and_surnames():
+    import spacy
+    from spacy.tokens import Span
+
+    from core.ner import label_consistently
+
+    nlp = spacy.blank("en")
+    doc = nlp("Tom Jones joined Acme in Paris . Jones said Acme grew , and paris was quiet .")
+    doc.ents = [Span(doc, 0, 2, "PERSON"), Span(doc, 3, 4, "ORG"), Span(doc, 5, 6, "GPE")]
+    found = {(e.text, e.label_) for e in label_consistently(doc).ents}
+    assert {("Jones", "PERSON"), ("Acme", "ORG")} <= found
+    assert len([e for e in doc.ents if e.text == "Acme"]) == 2
+    assert not any(e.text == "paris" for e in doc.ents)  # lower-case words are not treated as names

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.browser_helpers import open_tab
 
 BUILT_IN = "Built-in sample (assets/eval_text.txt)"
 
@@ -37,28 +38,28 @@ def test_missing_upload_is_reported(client, tiny_lm_dirs):
 
 @pytest.mark.browser
 def test_results_in_the_browser(page, tiny_lm_dirs, screenshot_dir):
-    page.get_by_role("tab", name="🗜️ Quantize").click()
-    model = page.get_by_label("Model", exact=True).first
+    tab = open_tab(page, "quantize")
+    model = tab.get_by_label("Model", exact=True).first
     model.fill(str(tiny_lm_dirs["llama"]))
     model.press("Enter")
     for name in ("bf16", "bnb-nf4", "low-rank"):  # keep the run short: four variants on 128 tokens
-        page.get_by_role("checkbox", name=f"{name}:").uncheck()
-    page.get_by_text("Measurement settings").click()
+        tab.get_by_role("checkbox", name=f"{name}:").uncheck()
+    tab.get_by_text("Measurement settings").click()
     for label, value in (("Evaluation tokens", "128"), ("Decode tokens", "4")):
-        box = page.get_by_label(f"number input for {label}", exact=False)
+        box = tab.get_by_label(f"number input for {label}", exact=False)
         box.fill(value)
         box.press("Enter")
-    page.get_by_role("button", name="Compare variants").click()
-    page.get_by_text("Done.").wait_for(timeout=120_000)
-    page.get_by_text("int8-dynamic").first.wait_for()
-    page.locator(".js-plotly-plot").first.wait_for()
+    tab.get_by_role("button", name="Compare variants").click()
+    tab.get_by_text("Done.").wait_for(timeout=120_000)
+    tab.get_by_text("int8-dynamic").first.wait_for()
+    tab.locator(".js-plotly-plot").first.wait_for()
     page.screenshot(path=str(screenshot_dir / "quantize_results.png"), full_page=True)
-    assert page.get_by_text("needs a CUDA GPU").count() >= 1
-    page.get_by_role("button", name="Load variant into Chat").click()
+    assert tab.get_by_text("needs a CUDA GPU").count() >= 1
+    tab.get_by_role("button", name="Load variant into Chat").click()
     if page.get_by_role("tab", name="💬 Chat").count():  # the whole app: the chat tab opens on the new variant
-        page.get_by_label("Chat model", exact=True).first.wait_for()
+        page.locator("#tab-chat").get_by_label("Chat model", exact=True).first.wait_for()
         page.wait_for_function("() => [...document.querySelectorAll('input')].some(i => i.value.includes('[pruned]'))",
                                timeout=60_000)
         page.screenshot(path=str(screenshot_dir / "quantize_variant_in_chat.png"))
     else:
-        page.get_by_text("Registered").wait_for(timeout=60_000)
+        tab.get_by_text("Registered").wait_for(timeout=60_000)

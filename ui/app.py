@@ -45,7 +45,7 @@ def build_app(services: Services, tabs: tuple[str, ...] = tuple(TABS)) -> gr.Blo
             shell = Shell(services, tab_group)
             for name in (t for t in TABS if t in tabs):
                 module, label = TABS[name]
-                with gr.Tab(label, id=name):
+                with gr.Tab(label, id=name, elem_id=f"tab-{name}"):
                     shell.components[name] = importlib.import_module(module).build_tab(shell)
     return demo
 

@@ -141,12 +141,6 @@ class BiasHandlers:
         return f"Report with {len(sections)} probe(s):\n{listing}", str(html_path), str(json_path)
 
 
-class SessionStopFlag(StopFlag):
-    """gr.State deep-copies its value once per session and a threading.Event cannot be copied: copy to a fresh flag."""
-
-    def __deepcopy__(self, _memo) -> "SessionStopFlag":
-        return SessionStopFlag()
-
 
 def _plots(n: int) -> list[gr.Plot]:
     return [gr.Plot(visible=False) for _ in range(n)]
@@ -167,7 +161,7 @@ def build_tab(shell) -> dict[str, gr.Component]:
         seed = gr.Number(0, precision=0, label="Seed", info="sampling and bootstrap")
         resamples = gr.Slider(100, 2000, 1000, step=100, label="Bootstrap resamples")
     sections = gr.State({})
-    stop = gr.State(SessionStopFlag())
+    stop = gr.State(StopFlag())
     c: dict[str, gr.Component] = {"classifier": classifier_id, "lm": lm_id, "precision": precision, "seed": seed,
                                   "resamples": resamples}
     with gr.Tabs():

@@ -21,12 +21,6 @@ TASKS = {"Language model": CAUSAL_LM, "Classifier": TEXT_CLASSIFICATION}
 DEFAULT_VARIANTS = ["fp32", "bf16", "fp16", "int8-dynamic", "int8-weight-only", "bnb-nf4", "pruned", "low-rank"]
 
 
-class SessionStopFlag(StopFlag):
-    """gr.State deep-copies its value once per session, and a threading.Event cannot be copied: give a fresh flag."""
-
-    def __deepcopy__(self, _memo) -> "SessionStopFlag":
-        return SessionStopFlag()
-
 
 class QuantizeHandlers:
     """Event handlers: turn widget values into core calls and core results into components."""
@@ -134,7 +128,7 @@ def build_tab(shell) -> dict[str, gr.Component]:
             with gr.Accordion("Measurement settings", open=False):
                 max_tokens = gr.Slider(64, 4096, value=2048, step=64, label="Evaluation tokens (text is cut after)")
                 decode_tokens = gr.Slider(4, 128, value=32, step=4, label="Decode tokens timed per run")
-    stop_flag = gr.State(SessionStopFlag())
+    stop_flag = gr.State(StopFlag())
     with gr.Row():
         run = gr.Button("Compare variants", variant="primary")
         stop = gr.Button("Stop after this variant", variant="stop")
