@@ -47,6 +47,21 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def length_batches(lengths: list[int], batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Shuffled batches of similar-length texts, so padding each batch to its longest text wastes little compute.
+
+    Texts are shuffled, sorted by length within pools of 32 batches, cut into batches, and the batches shuffled
+    again: every epoch sees a different mix while most of the speed-up of full sorting is kept.
+    """
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    pool = batch_size * 32
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start:start + pool], key=lambda i: lengths[i])
+        batches += [torch.tensor(chunk[j:j + batch_size]) for j in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
 def build(out: Path, progress: Callable[[float, str], None] | None = None,
           settings: TrainSettings = TrainSettings(), data: Path | None = None) -> None:
     """Fine-tune the MiniLM encoder plus a new 2-class head on the team's reviews and save it to `out`."""
@@ -62,15 +77,14 @@ def build(out: Path, progress: Callable[[float, str], None] | None = None,
         encoder, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)})
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
     targets = torch.tensor(labels)
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=settings.max_length)["input_ids"]]
     steps_per_epoch = -(-len(texts) // settings.batch_size)
     total = settings.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / total)
     model.train()
     step = 0
     for epoch in range(settings.epochs):
-        order = torch.randperm(len(texts), generator=generator)
-        for start in range(0, len(texts), settings.batch_size):
-            idx = order[start:start + settings.batch_size]
+        for idx in length_batches(lengths, settings.batch_size, generator):
             batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=settings.max_length,
                               return_tensors="pt")
             loss = model(**batch, labels=targets[idx]).loss

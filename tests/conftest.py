@@ -17,6 +17,17 @@ from tests.tiny_models import build_bert, build_causal_lm
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run faster on one thread than on two contending ones (the app runs in this process)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_lm_dirs(tmp_path_factory) -> dict[str, Path]:
     """Folders with tiny random gpt2, llama, phi and phi3 causal LMs (llama and phi3 have chat templates)."""

@@ -9,15 +9,7 @@ from gradio_client import Client, handle_file
 from tests.browser_helpers import open_tab
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The app runs in this process; tiny models on a shared 2-core box are far faster on one thread.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -123,6 +123,30 @@ def test_int8_dynamic_quantizes_linear_layers(manager, tiny_lm_dirs):
     assert loaded.nbytes < manager.load(str(tiny_lm_dirs["llama"]), precision="fp32").nbytes
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_int8_weight_only_keeps_greedy_output_close_to_fp32(manager, tiny_lm_dirs, family):
+    fp32 = manager.load(str(tiny_lm_dirs[family]), precision="fp32")
+    int8 = manager.load(str(tiny_lm_dirs[family]), precision="int8-weight")
+    swapped = [m for m in int8.model.modules() if isinstance(m, precision.Int8WeightLinear)]
+    assert swapped  # nn.Linear (llama) and GPT-2's Conv1D are both converted
+    assert int8.nbytes < 0.6 * fp32.nbytes
+    ids = precision.probe_ids(fp32.tokenizer)
+    with torch.no_grad():
+        reference = fp32.model(input_ids=ids).logits
+        logits = int8.model(input_ids=ids).logits
+    assert logits.dtype == torch.float32 and torch.allclose(logits, reference, atol=0.05 * reference.abs().max().item())
+
+
+def test_int8_weight_linear_matches_the_float_layer_and_skips_odd_widths():
+    layer = torch.nn.Linear(64, 40)
+    x = torch.randn(3, 5, 64)
+    quantized = precision.Int8WeightLinear(layer.weight, layer.bias)
+    with torch.no_grad():
+        assert torch.allclose(quantized(x), layer(x), atol=0.05)
+    odd = torch.nn.Sequential(torch.nn.Linear(63, 8))
+    assert isinstance(precision.apply_precision(odd, "int8-weight")[0], torch.nn.Linear)
+
+
 def test_auto_precision_picks_the_fastest_faithful_one_and_remembers_it(tmp_path, monkeypatch, tiny_lm_dirs):
     monkeypatch.setenv("LLMPG_HOME", str(tmp_path))
     measured = []
@@ -138,11 +162,12 @@ def test_auto_precision_picks_the_fastest_faithful_one_and_remembers_it(tmp_path
     assert measured[0].shape[1] > 20  # predictions are compared on real text, tokenized by the model's tokenizer
 
 
-@pytest.mark.parametrize("seconds, agreement, best", [
-    ((3.0, 2.0, 1.0), (1.0, 0.99, 0.5), "bf16"),
-    ((3.0, 2.0, 1.0), (1.0, 0.99, 0.97), "int8-dynamic"),
-    ((3.0, 2.9, 2.8), (1.0, 1.0, 1.0), "fp32"),  # within timing noise of fp32: keep fp32
-    ((3.0, 1.0, 1.0), (1.0, 0.2, 0.2), "fp32"),
+@pytest.mark.parametrize("seconds, agreement, best", [  # fp32, bf16, int8-dynamic, int8-weight
+    ((3.0, 2.0, 1.0, 1.5), (1.0, 0.99, 0.4, 0.96), "int8-weight"),  # int8-dynamic fastest but unfaithful
+    ((3.0, 2.0, 1.0, 1.5), (1.0, 0.99, 0.97, 0.96), "int8-dynamic"),
+    ((3.0, 1.9, 1.0, 2.5), (1.0, 0.99, 0.4, 0.5), "bf16"),
+    ((3.0, 2.9, 2.8, 2.8), (1.0, 1.0, 1.0, 1.0), "fp32"),  # within timing noise of fp32: keep fp32
+    ((3.0, 1.0, 1.0, 1.0), (1.0, 0.2, 0.2, 0.2), "fp32"),
 ])
 def test_pick_the_fastest_that_keeps_predictions(seconds, agreement, best):
     measured = {p: precision.Measurement(s, a) for p, s, a in zip(precision.CPU_CANDIDATES, seconds, agreement)}

@@ -142,8 +142,15 @@ class BiasHandlers:
 
 
 
-def _plots(n: int) -> list[gr.Plot]:
-    return [gr.Plot(visible=False) for _ in range(n)]
+def _probe_outputs(c: dict, prefix: str, probe: str, run_label: str, table_label: str, stoppable: bool = True) -> None:
+    """Run (and Stop) buttons, then the probe's status line, summary table, charts and plain-language notes."""
+    with gr.Row():
+        c[f"{prefix}_run"] = gr.Button(run_label, variant="primary")
+        if stoppable:
+            c[f"{prefix}_stop"] = gr.Button("Stop", variant="stop")
+    c[f"{prefix}_status"], c[f"{prefix}_table"] = gr.Markdown(), gr.Dataframe(label=table_label, wrap=True)
+    c[f"{prefix}_plots"] = [gr.Plot(visible=False) for _ in range(PLOTS[probe])]
+    c[f"{prefix}_notes"] = gr.Markdown()
 
 
 def build_tab(shell) -> dict[str, gr.Component]:
@@ -177,12 +184,7 @@ def build_tab(shell) -> dict[str, gr.Component]:
                 c["cf_use_classifier"] = gr.Checkbox(True, label="Score with the classifier")
                 c["cf_use_lm"] = gr.Checkbox(True, label="Score with the language model")
                 c["cf_label"] = gr.Textbox("auto", label="Classifier label to score", info="auto: a 'pos…' label")
-            with gr.Row():
-                c["cf_run"] = gr.Button("Run counterfactual probe", variant="primary")
-                c["cf_stop"] = gr.Button("Stop", variant="stop")
-            c["cf_status"], c["cf_table"] = gr.Markdown(), gr.Dataframe(label="Per axis", wrap=True)
-            c["cf_plots"] = _plots(PLOTS["counterfactual"])
-            c["cf_notes"] = gr.Markdown()
+            _probe_outputs(c, "cf", "counterfactual", "Run counterfactual probe", "Per axis")
             with gr.Accordion("Every sentence and its scores", open=False):
                 c["cf_variants"] = gr.Dataframe(wrap=True)
         with gr.Tab("Paired sentences"):
@@ -191,12 +193,7 @@ def build_tab(shell) -> dict[str, gr.Component]:
             with gr.Row():
                 c["cp_file"] = gr.File(label="Pairs CSV (optional)", file_types=[".csv", ".tsv", ".jsonl"])
                 c["cp_batch"] = gr.Slider(1, 64, 16, step=1, label="Batch size")
-            with gr.Row():
-                c["cp_run"] = gr.Button("Score pairs", variant="primary")
-                c["cp_stop"] = gr.Button("Stop", variant="stop")
-            c["cp_status"], c["cp_table"] = gr.Markdown(), gr.Dataframe(label="Per bias type (%)", wrap=True)
-            c["cp_plots"] = _plots(PLOTS["crows_pairs"])
-            c["cp_notes"] = gr.Markdown()
+            _probe_outputs(c, "cp", "crows_pairs", "Score pairs", "Per bias type (%)")
         with gr.Tab("Generation"):
             prompts = generation_probe.load_prompts()
             axis_prompts = {a: generation_probe.format_prompts(p) for a, p in prompts.groupby("axis", sort=False)}
@@ -211,12 +208,7 @@ def build_tab(shell) -> dict[str, gr.Component]:
             with gr.Row():
                 c["gen_use_classifier"] = gr.Checkbox(True, label="Sentiment of continuations with the classifier")
                 c["gen_label"] = gr.Textbox("auto", label="Classifier label to score")
-            with gr.Row():
-                c["gen_run"] = gr.Button("Generate and compare", variant="primary")
-                c["gen_stop"] = gr.Button("Stop", variant="stop")
-            c["gen_status"], c["gen_table"] = gr.Markdown(), gr.Dataframe(label="Per group", wrap=True)
-            c["gen_plots"] = _plots(PLOTS["generation"])
-            c["gen_notes"] = gr.Markdown()
+            _probe_outputs(c, "gen", "generation", "Generate and compare", "Per group")
             with gr.Accordion("Continuations", open=False):
                 c["gen_samples_table"] = gr.Dataframe(wrap=True)
         with gr.Tab("Fairness"):
@@ -226,10 +218,7 @@ def build_tab(shell) -> dict[str, gr.Component]:
             with gr.Row():
                 c["fair_file"] = gr.File(label="Labelled CSV (optional)", file_types=[".csv", ".tsv", ".jsonl"])
                 c["fair_positive"] = gr.Textbox("auto", label="Positive label", info="auto: 1 / pos… / true / yes")
-            c["fair_run"] = gr.Button("Measure fairness", variant="primary")
-            c["fair_status"], c["fair_table"] = gr.Markdown(), gr.Dataframe(label="Disparities", wrap=True)
-            c["fair_plots"] = _plots(PLOTS["fairness"])
-            c["fair_notes"] = gr.Markdown()
+            _probe_outputs(c, "fair", "fairness", "Measure fairness", "Disparities", stoppable=False)
             c["fair_groups"] = gr.Dataframe(label="Per group", wrap=True)
         with gr.Tab("Report"):
             c["report_run"] = gr.Button("Build report", variant="primary")

@@ -17,7 +17,7 @@ from core.registry import ENCODER, OFFLINE_ENCODER, TEXT_CLASSIFICATION, TOKEN_C
 from core.stopping import StopFlag
 from core.uploads import UploadError
 from core.zero_shot import DEFAULT_TEMPLATE, ZeroShotError, parse_labels, zero_shot_classifier
-from ui.components import model_picker, progress_callback, refresh_picker
+from ui.components import model_picker, progress_callback, refresh_picker, stop_run
 
 CLASSIFIER, ZERO_SHOT_MODE = "Trained classifier", "Zero-shot (your labels)"
 ZERO_SHOT_NOTE = ("Zero-shot: an **NLI model** (e.g. BART MNLI) scores how well “This text is about *label*.” follows "
@@ -103,10 +103,7 @@ class ClassifyHandlers:
 
     @staticmethod
     def stop(flag: StopFlag | None) -> str:
-        if flag is None:
-            return "Nothing is running."
-        flag.stop()
-        return "⏹️ Stopping after the current chunk…"
+        return stop_run(flag, "chunk")
 
     def ner(self, model_id, text, progress=gr.Progress()):
         try:

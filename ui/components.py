@@ -6,6 +6,7 @@ from typing import Callable
 import gradio as gr
 
 from core.services import Services
+from core.stopping import StopFlag
 
 
 def model_picker(services: Services, *tasks: str, label: str = "Model", value: str | None = None) -> gr.Dropdown:
@@ -23,3 +24,11 @@ def refresh_picker(services: Services, *tasks: str) -> Callable[[], dict]:
 def progress_callback(progress: gr.Progress) -> Callable[[float, str], None]:
     """core reports (fraction, message); gradio shows it as a progress bar."""
     return lambda fraction, message: progress(fraction, desc=message)
+
+
+def stop_run(flag: StopFlag | None, when: str) -> str:
+    """Stop button handler for a run that hands its flag to a gr.State; `when` says where it ends."""
+    if flag is None:
+        return "Nothing is running."
+    flag.stop()
+    return f"⏹️ Stopping after the current {when}…"

@@ -10,7 +10,7 @@ from core.registry import CAUSAL_LM, TEXT_CLASSIFICATION, presets
 from core.shap_explain import (DEFAULT_MAX_EVALS, SHAP_DEFAULT_MAX_EVALS, Attribution, ShapStopped, attribution_bar_figure,
                                attribution_html, explain_classifier, explain_continuation)
 from core.stopping import StopFlag
-from ui.components import model_picker, progress_callback, refresh_picker
+from ui.components import model_picker, progress_callback, refresh_picker, stop_run
 
 EXAMPLE_TEXT = "The acting was wonderful and the music moving, but the plot was predictable and far too long."
 MECHANISM_NOTE = ("ℹ️ Attention shows the **mechanism**: where each token reads from inside the model. It is not a full "
@@ -107,10 +107,7 @@ class ExplainHandlers:
 
     @staticmethod
     def stop(flag: StopFlag | None) -> str:
-        if flag is None:
-            return "Nothing is running."
-        flag.stop()
-        return "⏹️ Stopping after the current batch…"
+        return stop_run(flag, "batch")
 
 
 def build_tab(shell) -> dict[str, gr.Component]:
