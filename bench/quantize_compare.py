@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default="fp32,bf16,fp16,int8-dynamic,int8-weight-only,bnb-int8,bnb-nf4,"
+    parser.add_argument("--variants", default="fp32,bf16,fp16,int8-dynamic,int8-weight,bnb-int8,bnb-nf4,"
                                               "torchao-int8,torchao-int4,pruned,low-rank")
     parser.add_argument("--tokens", type=int, default=2048, help="evaluation tokens of assets/eval_text.txt")
     parser.add_argument("--sparsity", type=float, default=0.3)
@@ -50,7 +50,7 @@ def main() -> int:
     print(comparison.frame().drop(columns=["description"]).to_string(index=False))
     rows = {r.variant: r for r in comparison.ok()}
     fp32 = rows["fp32"]
-    for name in ("int8-dynamic", "int8-weight-only"):
+    for name in ("int8-dynamic", "int8-weight"):
         if name in rows:
             int8 = rows[name]
             print(f"{name}: serialized size {int8.size_mb:.1f} MiB | fp32 {fp32.size_mb:.1f} MiB | "

@@ -60,7 +60,8 @@ class Int8WeightLinear(nn.Module):
         super().__init__()
         weight = weight.detach().float()
         scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
-        self.register_buffer("weight_int8", torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8))
+        quantized = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
+        self.register_buffer("weight_int8", quantized.contiguous())  # the kernel needs contiguous rows
         self.register_buffer("scales", scales.to(torch.bfloat16))
         self.register_buffer("bias", None if bias is None else bias.detach().float())
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
@@ -78,7 +79,7 @@ class Int8WeightLinear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
-def _int8_weight_only(model: nn.Module) -> nn.Module:
+def int8_weight_only(model: nn.Module) -> nn.Module:
     """Swap every nn.Linear (and GPT-2's transposed Conv1D) for an Int8WeightLinear, in place."""
     from transformers.pytorch_utils import Conv1D
 
@@ -97,7 +98,7 @@ def apply_precision(model: nn.Module, precision: str) -> nn.Module:
         # Deprecated in torch 2.13 but still present; quantizes activations too (see MIN_AGREEMENT).
         return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     if precision == "int8-weight":
-        return _int8_weight_only(model)
+        return int8_weight_only(model)
     return model.to(_DTYPES[precision])
 
 

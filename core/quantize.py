@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from core.precision import Int8WeightLinear, int8_weight_only
+
 # bitsandbytes logs on every int8 matmul that CPU float32 inputs are cast to float16: expected here, and noisy.
 logging.getLogger("bitsandbytes.autograd._functions").addFilter(lambda record: "inputs will be cast" not in record.msg)
 
@@ -121,34 +123,18 @@ def _quantize_embeddings(model: nn.Module, linear_qconfig=None) -> nn.Module:
 def _int8_builder(linear_qconfig: Callable[[], object] | None, note: str):
     def build(fp32: nn.Module, _opts: CompressionOptions) -> BuiltVariant:
         model, notes = _linear_copy(fp32)
-        layers = [m for m in model.modules() if isinstance(m, nn.Linear) or type(m) is nn.Embedding]
+        # The int8 weight-only kernel needs inner sizes in blocks of 32: other linears stay fp32 and don't count.
+        layers = [m for m in model.modules() if type(m) is nn.Embedding or isinstance(m, nn.Linear) and (
+            linear_qconfig is not None or Int8WeightLinear.supports(m.in_features))]
         compressed = sum({id(p): p.numel() for m in layers for p in m.parameters()}.values())  # tied tables once
         if linear_qconfig is None:
-            for parent in list(model.modules()):
-                for name, child in list(parent.named_children()):
-                    if isinstance(child, nn.Linear):
-                        setattr(parent, name, Int8WeightOnlyLinear(child))
+            int8_weight_only(model)
         model = _quantize_embeddings(model, linear_qconfig() if linear_qconfig else None)
         if getattr(getattr(fp32, "config", None), "tie_word_embeddings", False):
             notes.append("tied embedding and lm_head are stored as two int8 tables")
         return BuiltVariant(model, compressed, unique_params(fp32), notes + [note])
 
     return build
-
-
-class Int8WeightOnlyLinear(nn.Module):
-    """int8 weights with one fp32 scale per output row, dequantized at each call; activations stay fp32."""
-
-    def __init__(self, layer: nn.Linear):
-        super().__init__()
-        weight = layer.weight.data.float()
-        scale = weight.abs().amax(dim=1).clamp_min(1e-12) / 127
-        self.register_buffer("qweight", torch.round(weight / scale[:, None]).to(torch.int8))
-        self.register_buffer("scale", scale)
-        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.data.clone(), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, (self.qweight.to(x.dtype) * self.scale[:, None].to(x.dtype)), self.bias)
 
 
 def _dynamic_qconfig():
@@ -281,8 +267,8 @@ VARIANTS: dict[str, VariantSpec] = {spec.name: spec for spec in (
     # down_proj) lose the most, which is why the weight-only variant sits next to it.
     VariantSpec("int8-dynamic", "torch.ao dynamic int8 linears + int8 embeddings",
                 _int8_builder(_dynamic_qconfig, "activations quantized per tensor at run time"), _always),
-    VariantSpec("int8-weight-only", "int8 weights, fp32 activations + int8 embeddings",
-                _int8_builder(None, "weights dequantized at each call, activations stay fp32"), _always),
+    VariantSpec("int8-weight", "int8 weights, fp32 activations + int8 embeddings (the Chat tab's int8)",
+                _int8_builder(None, "int8 weight-only matmul kernel, activations are not quantized"), _always),
     VariantSpec("bnb-int8", "bitsandbytes LLM.int8 linears (slow on CPU)", _bnb_builder(_bnb_int8),
                 _needs_module("bitsandbytes", "pip install bitsandbytes")),
     VariantSpec("bnb-nf4", "bitsandbytes 4-bit NF4 linears (slow on CPU)", _bnb_builder(_bnb_nf4),

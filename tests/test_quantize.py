@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from core.paths import assets_dir
 from core.perplexity import perplexity
-from core.quantize import (CompressionOptions, Int8WeightOnlyLinear, LowRankLinear, block_linears, build_variant,
+from core.precision import Int8WeightLinear
+from core.quantize import (CompressionOptions, LowRankLinear, block_linears, build_variant,
                            conv1d_to_linear, register_variant, unavailable_reason, variant_id)
 from core.quantize_metrics import (EvalSettings, LabelledTexts, compare_variants, read_labelled_csv, serialized_bytes,
                                    size_quality_figure, speed_figure)
@@ -80,7 +81,7 @@ def test_conv1d_rewritten_as_exact_linear(tiny_lm_dirs):
     assert len(block_linears(model)) == 8
 
 
-@pytest.mark.parametrize("name", ["int8-dynamic", "int8-weight-only"])
+@pytest.mark.parametrize("name", ["int8-dynamic", "int8-weight"])
 def test_int8_is_over_twice_smaller_and_still_agrees(lm, name):
     model, tok = lm
     built = build_variant(name, model, CompressionOptions())
@@ -97,8 +98,8 @@ def test_int8_weight_only_linear_is_close():
     torch.manual_seed(0)
     layer = nn.Linear(64, 32)
     x = torch.randn(8, 64)
-    quantized = Int8WeightOnlyLinear(layer)
-    assert quantized.qweight.dtype == torch.int8 and quantized.scale.shape == (32,)
+    quantized = Int8WeightLinear(layer.weight, layer.bias)
+    assert quantized.weight_int8.dtype == torch.int8 and quantized.scales.shape == (32,)
     error = (quantized(x) - layer(x)).abs().max().item()
     assert 0 < error < 0.01 * layer(x).abs().max().item()
 

@@ -12,8 +12,11 @@ from core.stopping import StopFlag
 def model_picker(services: Services, *tasks: str, label: str = "Model", value: str | None = None) -> gr.Dropdown:
     """Presets plus the user's stored models; any hub id or local folder can be typed in."""
     choices = services.model_choices(*tasks)
-    return gr.Dropdown(choices=choices, value=value or (choices[0][1] if choices else None), label=label,
-                       allow_custom_value=True, info="Pick a preset, or type a Hugging Face id or a local folder")
+    picker = gr.Dropdown(choices=choices, value=value or (choices[0][1] if choices else None), label=label,
+                         allow_custom_value=True, info="Pick a preset, or type a Hugging Face id or a local folder")
+    # Opening the list re-reads it, so models saved by Fine-tune or sent from Quantize appear at once.
+    picker.focus(refresh_picker(services, *tasks), None, picker, queue=False, api_visibility="private")
+    return picker
 
 
 def refresh_picker(services: Services, *tasks: str) -> Callable[[], dict]:

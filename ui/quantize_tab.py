@@ -18,7 +18,7 @@ from ui.components import model_picker, progress_callback
 
 BUILT_IN, UPLOADED = "Built-in sample (assets/eval_text.txt)", "Uploaded text file"
 TASKS = {"Language model": CAUSAL_LM, "Classifier": TEXT_CLASSIFICATION}
-DEFAULT_VARIANTS = ["fp32", "bf16", "fp16", "int8-dynamic", "int8-weight-only", "bnb-nf4", "pruned", "low-rank"]
+DEFAULT_VARIANTS = ["fp32", "bf16", "fp16", "int8-dynamic", "int8-weight", "bnb-nf4", "pruned", "low-rank"]
 
 
 
