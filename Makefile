@@ -30,5 +30,7 @@ run: $(STAMP)
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# All benchmarks, or one: `make bench ONLY=chat_speed`. They read ../shared/data when it is there.
+ONLY ?= *
 bench: $(STAMP)
-	for script in bench/*.py; do $(BIN)/python $$script || exit 1; done
+	for script in bench/$(ONLY).py; do PYTHONPATH=. $(BIN)/python $$script || exit 1; done

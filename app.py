@@ -14,7 +14,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     parser.add_argument("--model", default=DEFAULT_CHAT_MODEL, help="default chat model: hub id or local folder")
     parser.add_argument("--offline", action="store_true", help="never touch the Hugging Face Hub")
-    parser.add_argument("--tabs", default="", help="comma-separated subset of tabs, e.g. chat,explain")
+    parser.add_argument("--tabs", default=os.environ.get("LLMPG_TABS", ""),
+                        help="comma-separated subset of tabs, e.g. chat,explain (or set LLMPG_TABS)")
     return parser.parse_args(argv)
 
 
