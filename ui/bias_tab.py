@@ -15,6 +15,7 @@ from core.precision import PRECISIONS
 from core.registry import CAUSAL_LM, TEXT_CLASSIFICATION
 from core.services import Services
 from core.stopping import StopFlag
+from core.device import on_gpu
 from core.uploads import UploadError
 from ui.components import model_picker, progress_callback
 
@@ -52,6 +53,7 @@ class BiasHandlers:
         loaded = self.services.manager.load(model_id, task, precision=precision, progress=progress_callback(progress))
         return loaded.model, loaded.tokenizer
 
+    @on_gpu  # a ZeroGPU Space lends a GPU for the call; elsewhere a no-op
     def counterfactual(self, templates_text, groups_text, axes, classifier_id, lm_id, use_classifier, use_lm, label,
                        precision, resamples, seed, sections, stop: StopFlag, progress=gr.Progress()):
         stop.reset()
@@ -75,6 +77,7 @@ class BiasHandlers:
         status = f"Scored {len(result.variants):,} sentences ({len(templates)} templates × {sum(map(len, groups.values()))} terms)."
         return (*_shown(section, sections, status), result.variants.round(4))
 
+    @on_gpu
     def crows(self, upload, lm_id, precision, batch_size, resamples, seed, sections, stop: StopFlag,
               progress=gr.Progress()):
         stop.reset()
@@ -95,6 +98,7 @@ class BiasHandlers:
                   + (f" Skipped {dropped} row(s) with empty cells." if dropped else ""))
         return _shown(section, sections, status)
 
+    @on_gpu
     def generation(self, prompts_text, lm_id, classifier_id, use_classifier, label, samples, max_new_tokens,
                    temperature, top_p, precision, resamples, seed, sections, stop: StopFlag, progress=gr.Progress()):
         stop.reset()
@@ -115,6 +119,7 @@ class BiasHandlers:
                   + (" **Stopped early**: the report covers the prompts finished so far." if result.stopped else ""))
         return (*_shown(section, sections, status), result.samples)
 
+    @on_gpu
     def fairness(self, upload, classifier_id, positive, resamples, seed, sections, progress=gr.Progress()):
         try:
             data = fairness.load_fairness_data(upload)

@@ -12,6 +12,7 @@ from core.precision import MIN_AGREEMENT
 from core.prompting import CHAT_TEMPLATE, DEFAULT_SYSTEM_PROMPT, Turn
 from core.registry import CAUSAL_LM
 from core.services import Services
+from core.device import on_gpu
 from core.token_view import render_html
 from ui.components import model_picker, progress_callback
 
@@ -51,6 +52,7 @@ class ChatHandlers:
             gr.Warning(str(err))
             return f"❌ {err}\n\nStill using **{session.model_id}**."
 
+    @on_gpu  # a ZeroGPU Space lends a GPU for the call; elsewhere a no-op
     def send(self, session: ChatSession, message: str, system: str, temperature: float, top_k: int, top_p: float,
              min_p: float, repetition_penalty: float, max_new_tokens: int, seed: int, progress=gr.Progress()):
         settings = SamplingSettings(temperature, int(top_k), top_p, min_p, repetition_penalty, int(max_new_tokens),
@@ -58,6 +60,7 @@ class ChatHandlers:
         yield from self._stream(session, message, lambda p: session.reply(self.services.manager, message, settings,
                                                                           system, p), progress)
 
+    @on_gpu
     def retry(self, session: ChatSession, system: str, temperature: float, top_k: int, top_p: float, min_p: float,
               repetition_penalty: float, max_new_tokens: int, seed: int, progress=gr.Progress()):
         settings = SamplingSettings(temperature, int(top_k), top_p, min_p, repetition_penalty, int(max_new_tokens),

@@ -16,6 +16,7 @@ from core.paths import assets_dir
 from core.registry import ENCODER, OFFLINE_ENCODER, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, ZERO_SHOT
 from core.stopping import StopFlag
 from core.uploads import UploadError
+from core.device import on_gpu
 from core.zero_shot import DEFAULT_TEMPLATE, ZeroShotError, parse_labels, zero_shot_classifier
 from ui.components import model_picker, progress_callback, refresh_picker, stop_run
 
@@ -57,6 +58,7 @@ class ClassifyHandlers:
         zero = mode == ZERO_SHOT_MODE
         return gr.update(visible=not zero), gr.update(visible=zero)
 
+    @on_gpu  # a ZeroGPU Space lends a GPU for the call; elsewhere a no-op
     def classify(self, mode, classifier_id, zero_shot_id, labels, template, text, threshold, progress=gr.Progress()):
         try:
             classifier = self._classifier(mode, classifier_id, zero_shot_id, labels, template, progress)
@@ -84,6 +86,7 @@ class ClassifyHandlers:
         return (gr.update(choices=batch.columns, value=batch.suggested_column),
                 f"{len(batch.frame):,} rows, columns: {', '.join(batch.columns)}")
 
+    @on_gpu
     def batch(self, mode, classifier_id, zero_shot_id, labels, template, path, column, threshold,
               progress=gr.Progress()):
         """A generator so the Stop button gets this run's flag before the long work starts."""
@@ -105,6 +108,7 @@ class ClassifyHandlers:
     def stop(flag: StopFlag | None) -> str:
         return stop_run(flag, "chunk")
 
+    @on_gpu
     def ner(self, model_id, text, progress=gr.Progress()):
         try:
             result = ner_model(self.services.manager, model_id, progress_callback(progress))(text)

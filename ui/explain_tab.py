@@ -9,6 +9,7 @@ from core.model_manager import ModelLoadError
 from core.registry import CAUSAL_LM, TEXT_CLASSIFICATION, presets
 from core.shap_explain import (DEFAULT_MAX_EVALS, SHAP_DEFAULT_MAX_EVALS, Attribution, ShapStopped, attribution_bar_figure,
                                attribution_html, explain_classifier, explain_continuation)
+from core.device import on_gpu
 from core.stopping import StopFlag
 from ui.components import model_picker, progress_callback, refresh_picker, stop_run
 
@@ -43,6 +44,7 @@ class ExplainHandlers:
         return load_for_explain(self.services.manager, model_id, progress_callback(progress))
 
     # ---- attention ------------------------------------------------------------------------------------------------
+    @on_gpu  # a ZeroGPU Space lends a GPU for the call; elsewhere a no-op
     def attention(self, model_id, text, max_tokens, view, layer, head, progress=gr.Progress()):
         try:
             loaded = self._load(model_id, progress)
@@ -71,6 +73,7 @@ class ExplainHandlers:
             return gr.update()
 
     # ---- SHAP -----------------------------------------------------------------------------------------------------
+    @on_gpu
     def shap(self, model_id, text, continuation, max_evals, max_tokens, progress=gr.Progress()):
         """A generator so the Stop button gets this run's flag before the long work starts."""
         stop = StopFlag()

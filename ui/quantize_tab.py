@@ -13,6 +13,7 @@ from core.quantize_metrics import (Comparison, EvalSettings, compare_variants, r
                                    speed_figure)
 from core.registry import CAUSAL_LM, TEXT_CLASSIFICATION, find_preset
 from core.stopping import StopFlag
+from core.device import on_gpu
 from core.uploads import UploadError, read_text_file
 from ui.components import model_picker, progress_callback
 
@@ -50,6 +51,7 @@ class QuantizeHandlers:
             raise UploadError("A classifier is measured on labelled data: upload a CSV with text,label columns.")
         return read_labelled_csv(labels_csv)
 
+    @on_gpu  # a ZeroGPU Space lends a GPU for the call; elsewhere a no-op
     def run(self, model_id, kind, variants, sparsity, rank, source, text_file, labels_csv, max_tokens, decode_tokens,
             stop: StopFlag, progress=gr.Progress()):
         stop.reset()
