@@ -258,3 +258,24 @@ def test_hub_push_never_shows_the_token(tiny_classifier_dir):
     with pytest.raises(HubError) as err:
         push_to_hub(tiny_classifier_dir, "someone/model", token)  # offline here: the request fails
     assert token not in str(err.value) and "Push to someone/model failed" in str(err.value)
+
+
+
+def test_final_predictions_keep_the_examples_order(tiny_classifier_dir, tmp_path):
+    """Training groups batches by length; scoring must not, or predictions meet the wrong labels."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer
+
+    from core.finetune.tasks import ClassificationTask, predict_in_order
+    from core.finetune.training import training_arguments
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_classifier_dir)
+    texts = [" ".join(["word"] * n) for n in (1, 30, 2, 25, 3, 20, 4, 15)] * 4
+    rows = [{**tokenizer(t), "labels": i % 2} for i, t in enumerate(texts)]
+    hyper = Hyperparameters(**TINY)
+    trainer = Trainer(model=AutoModelForSequenceClassification.from_pretrained(tiny_classifier_dir),
+                      args=training_arguments(hyper, ClassificationTask(), len(rows), str(tmp_path)),
+                      eval_dataset=rows, data_collator=DataCollatorWithPadding(tokenizer))
+    expected = [row["labels"] for row in rows]
+    assert trainer.args.train_sampling_strategy == "group_by_length"
+    assert list(trainer.predict(rows).label_ids) != expected  # what the plain call does with these lengths
+    assert list(predict_in_order(trainer, rows).label_ids) == expected

@@ -64,6 +64,13 @@ def _label_maps(labels: list[str]) -> dict[str, Any]:
             "label2id": {l: i for i, l in enumerate(labels)}, "ignore_mismatched_sizes": True}
 
 
+def predict_in_order(trainer, rows: list[dict]):
+    """trainer.predict with the rows in their given order: the length-grouped sampler used for training
+    regroups evaluation batches too, and final scores pair each prediction with its example by position."""
+    trainer.args.train_sampling_strategy = "sequential"
+    return trainer.predict(rows)
+
+
 class FineTuneTask(ABC):
     registry_task: str
     peft_task: str  # peft TaskType name
@@ -127,7 +134,7 @@ class ClassificationTask(FineTuneTask):
         return scores
 
     def evaluate(self, trainer, tokenizer, examples: LabeledTexts, encoded, which, max_length):
-        preds = np.asarray(trainer.predict(encoded).predictions).argmax(-1)
+        preds = np.asarray(predict_in_order(trainer, encoded).predictions).argmax(-1)
         return classification_metrics(examples.labels, [self.labels[i] for i in preds], self.labels)
 
 
@@ -251,7 +258,7 @@ class TokenClassificationTask(FineTuneTask):
         return scores
 
     def evaluate(self, trainer, tokenizer, examples: TaggedSentences, encoded, which, max_length):
-        out = trainer.predict(encoded)
+        out = predict_in_order(trainer, encoded)
         _, pred = self._word_tags(out.predictions, out.label_ids)
         # words cut off by max_length were never predicted: they count as 'O', so their entities are misses
         pred = [p + ["O"] * (len(g) - len(p)) for p, g in zip(pred, examples.tags)]
