@@ -79,16 +79,31 @@ class Int8WeightLinear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
-def int8_weight_only(model: nn.Module) -> nn.Module:
-    """Swap every nn.Linear (and GPT-2's transposed Conv1D) for an Int8WeightLinear, in place."""
+def conv1d_to_linear(model: nn.Module) -> int:
+    """Replace transformers' Conv1D (y = x W + b, W stored in x out) by the same nn.Linear; returns how many."""
     from transformers.pytorch_utils import Conv1D
 
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Conv1D):
+                n_in, n_out = child.weight.shape
+                linear = nn.Linear(n_in, n_out, bias=child.bias is not None, dtype=child.weight.dtype)
+                linear.weight.data = child.weight.data.t().contiguous()
+                if child.bias is not None:
+                    linear.bias.data = child.bias.data.clone()
+                setattr(parent, name, linear)
+                replaced += 1
+    return replaced
+
+
+def int8_weight_only(model: nn.Module) -> nn.Module:
+    """Swap every nn.Linear (GPT-2's Conv1D rewritten as one first) for an Int8WeightLinear, in place."""
+    conv1d_to_linear(model)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear) and Int8WeightLinear.supports(child.in_features):
                 setattr(parent, name, Int8WeightLinear(child.weight, child.bias))
-            elif isinstance(child, Conv1D) and Int8WeightLinear.supports(child.weight.shape[0]):
-                setattr(parent, name, Int8WeightLinear(child.weight.t(), child.bias))
     return model
 
 

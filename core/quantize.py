@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from core.precision import Int8WeightLinear, int8_weight_only
+from core.precision import Int8WeightLinear, conv1d_to_linear, int8_weight_only
 
 # bitsandbytes logs on every int8 matmul that CPU float32 inputs are cast to float16: expected here, and noisy.
 logging.getLogger("bitsandbytes.autograd._functions").addFilter(lambda record: "inputs will be cast" not in record.msg)
@@ -53,24 +53,6 @@ class VariantSpec:
 def unique_params(model: nn.Module) -> int:
     """Parameter count with tied tensors (embedding = lm_head) counted once."""
     return sum(p.numel() for p in model.parameters())  # parameters() already deduplicates shared tensors
-
-
-def conv1d_to_linear(model: nn.Module) -> int:
-    """Replace transformers' Conv1D (y = x W + b, W stored in x out) by the same nn.Linear; returns how many."""
-    from transformers.pytorch_utils import Conv1D
-
-    replaced = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, Conv1D):
-                n_in, n_out = child.weight.shape
-                linear = nn.Linear(n_in, n_out, bias=child.bias is not None, dtype=child.weight.dtype)
-                linear.weight.data = child.weight.data.t().contiguous()
-                if child.bias is not None:
-                    linear.bias.data = child.bias.data.clone()
-                setattr(parent, name, linear)
-                replaced += 1
-    return replaced
 
 
 def block_linears(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:

@@ -11,9 +11,9 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from core.paths import assets_dir
 from core.perplexity import perplexity
-from core.precision import Int8WeightLinear
+from core.precision import Int8WeightLinear, conv1d_to_linear
 from core.quantize import (CompressionOptions, LowRankLinear, block_linears, build_variant,
-                           conv1d_to_linear, register_variant, unavailable_reason, variant_id)
+                           register_variant, unavailable_reason, variant_id)
 from core.quantize_metrics import (EvalSettings, LabelledTexts, compare_variants, read_labelled_csv, serialized_bytes,
                                    size_quality_figure, speed_figure)
 from core.registry import CAUSAL_LM, TEXT_CLASSIFICATION

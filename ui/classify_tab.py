@@ -18,7 +18,7 @@ from core.stopping import StopFlag
 from core.uploads import UploadError
 from core.device import on_gpu
 from core.zero_shot import DEFAULT_TEMPLATE, ZeroShotError, parse_labels, zero_shot_classifier
-from ui.components import model_picker, progress_callback, refresh_picker, stop_run
+from ui.components import failure_message, model_picker, progress_callback, refresh_picker, stop_run
 
 CLASSIFIER, ZERO_SHOT_MODE = "Trained classifier", "Zero-shot (your labels)"
 ZERO_SHOT_NOTE = ("Zero-shot: an **NLI model** (e.g. BART MNLI) scores how well “This text is about *label*.” follows "
@@ -34,10 +34,6 @@ TEXT_EXAMPLES = [
     [ZERO_SHOT_MODE, "The central bank raised interest rates to fight inflation.", "sports, politics, science, business"],
 ]
 _FAILURES = (TextInputError, ZeroShotError, ModelLoadError, UploadError, ValueError)
-
-
-def _failure(err: Exception) -> str:
-    return f"⚠️ {err}"
 
 
 class ClassifyHandlers:
@@ -64,7 +60,7 @@ class ClassifyHandlers:
             classifier = self._classifier(mode, classifier_id, zero_shot_id, labels, template, progress)
             result = classify_text(classifier, text, float(threshold))
         except _FAILURES as err:
-            return _failure(err), None
+            return failure_message(err), None
         if result.notice:
             gr.Warning(result.notice)
         method = getattr(classifier, "method", "classifier")
@@ -82,7 +78,7 @@ class ClassifyHandlers:
         try:
             batch = read_batch(path)
         except UploadError as err:
-            return gr.update(choices=[], value=None), _failure(err)
+            return gr.update(choices=[], value=None), failure_message(err)
         return (gr.update(choices=batch.columns, value=batch.suggested_column),
                 f"{len(batch.frame):,} rows, columns: {', '.join(batch.columns)}")
 
@@ -99,7 +95,7 @@ class ClassifyHandlers:
             classifier = self._classifier(mode, classifier_id, zero_shot_id, labels, template, progress)
             result = classify_batch(classifier, texts, float(threshold), progress_callback(progress), stop, skipped)
         except _FAILURES as err:
-            yield stop, _failure(err), None, None
+            yield stop, failure_message(err), None, None
             return
         out = save_results(result.table, Path(tempfile.mkdtemp(prefix="llmpg-classify-")))
         yield stop, result.summary(), result.table, str(out)
@@ -113,7 +109,7 @@ class ClassifyHandlers:
         try:
             result = ner_model(self.services.manager, model_id, progress_callback(progress))(text)
         except _FAILURES as err:
-            return _failure(err), None, None
+            return failure_message(err), None, None
         if result.notice:
             gr.Warning(result.notice)
         table = pd.DataFrame([{"entity": e.text, "type": e.label, "start": e.start, "end": e.end,

@@ -35,3 +35,8 @@ def stop_run(flag: StopFlag | None, when: str) -> str:
         return "Nothing is running."
     flag.stop()
     return f"⏹️ Stopping after the current {when}…"
+
+
+def failure_message(err: Exception) -> str:
+    """How a core error is shown in a tab's status line."""
+    return f"⚠️ {err}"

@@ -11,7 +11,7 @@ from core.shap_explain import (DEFAULT_MAX_EVALS, SHAP_DEFAULT_MAX_EVALS, Attrib
                                attribution_html, explain_classifier, explain_continuation)
 from core.device import on_gpu
 from core.stopping import StopFlag
-from ui.components import model_picker, progress_callback, refresh_picker, stop_run
+from ui.components import failure_message, model_picker, progress_callback, refresh_picker, stop_run
 
 EXAMPLE_TEXT = "The acting was wonderful and the music moving, but the plot was predictable and far too long."
 MECHANISM_NOTE = ("ℹ️ Attention shows the **mechanism**: where each token reads from inside the model. It is not a full "
@@ -28,10 +28,6 @@ def default_model(services) -> str | None:
     """An offline classifier if there is one, else the offline chat model: explanations should work out of the box."""
     offline = [p.model_id for task in (TEXT_CLASSIFICATION, CAUSAL_LM) for p in presets(task) if p.offline]
     return offline[0] if offline else None
-
-
-def _failure(err: Exception) -> str:
-    return f"⚠️ {err}"
 
 
 class ExplainHandlers:
@@ -52,7 +48,7 @@ class ExplainHandlers:
             layer, head = min(int(layer), maps.n_layers - 1), min(int(head), maps.n_heads - 1)
             heatmap = view_figure(maps, view, layer, head)
         except _FAILURES as err:
-            return None, _failure(err), None, None, gr.update(), gr.update()
+            return None, failure_message(err), None, None, gr.update(), gr.update()
         notice = maps.fitted.notice()
         if notice:
             gr.Warning(notice)
@@ -91,7 +87,7 @@ class ExplainHandlers:
                 raise ExplainInputError(f"'{loaded.model_id}' is a plain encoder with no output to explain: pick a "
                                         "classifier or a language model for SHAP (its attention works).")
         except _FAILURES as err:
-            yield stop, None, _failure(err), gr.update(choices=[], value=None), None, None
+            yield stop, None, failure_message(err), gr.update(choices=[], value=None), None, None
             return
         notices = [n for n in (attribution.fitted.notice(), notice) if n]
         for n in notices:
