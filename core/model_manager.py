@@ -19,7 +19,7 @@ import torch
 
 from core.device import DeviceInfo, detect_device
 from core.offline import OFFLINE_MODELS, offline_folder
-from core.precision import apply_precision, choose_cpu_precision, default_precision, load_dtype
+from core.precision import Measurement, apply_precision, choose_cpu_precision, default_precision, load_dtype
 from core.registry import CAUSAL_LM, ENCODER, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, ZERO_SHOT, find_preset
 
 Progress = Callable[[float, str], None]
@@ -49,8 +49,7 @@ class LoadedModel:
     is_chat: bool
     load_seconds: float
     nbytes: int
-    precision_timings: dict[str, float] = field(default_factory=dict)  # CPU auto choice, seconds per 8 tokens
-    precision_agreement: dict[str, float] = field(default_factory=dict)  # share of fp32's next-token predictions kept
+    precision_measured: dict[str, Measurement] = field(default_factory=dict)  # CPU auto choice: what it was based on
 
     @property
     def family(self) -> str:
@@ -74,12 +73,16 @@ def _auto_class(task: str):
 
 
 def model_nbytes(model: torch.nn.Module) -> int:
-    """Bytes held by weights and buffers, counting int8 packed weights of dynamic-quantized layers."""
-    tensors = list(model.parameters()) + list(model.buffers())
+    """Bytes held by weights and buffers, counting the packed weights of dynamic-quantized layers."""
+    total = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
     for module in model.modules():
         if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
-            tensors += [t for t in (module.weight(), module.bias()) if t is not None]
-    return sum(t.numel() * t.element_size() for t in tensors)
+            # weight() unpacks to int8 (kept as is) or, for fp16 packs, to fp32: count the packed 2 bytes
+            weight, bias = module.weight(), module.bias()
+            fp16 = module._packed_params.dtype == torch.float16
+            total += weight.numel() * (2 if fp16 else weight.element_size())
+            total += 0 if bias is None else bias.numel() * bias.element_size()
+    return total
 
 
 def available_memory_bytes(device: DeviceInfo) -> int:
@@ -163,12 +166,11 @@ class ModelManager:
         except Exception as err:  # hub, file and config errors all become one readable message
             raise ModelLoadError(self._explain_failure(model_id, resolved, err)) from err
         model.eval()
-        timings: dict[str, float] = {}
-        agreement: dict[str, float] = {}
+        measured: dict[str, Measurement] = {}
         if precision == "auto" and self.device.kind == "cpu" and task == CAUSAL_LM:
             report(0.8, "Measuring the fastest precision for this CPU (once per architecture)")
             choice = choose_cpu_precision(model, tokenizer)
-            wanted, timings, agreement = choice.best, choice.seconds, choice.agreement
+            wanted, measured = choice.best, choice.measured
         if self.device.kind != "cpu":
             model.to(self.device.torch_device)
         if wanted != "fp32" or self.device.kind != "cpu":
@@ -176,7 +178,7 @@ class ModelManager:
         report(1.0, f"{model_id} ready")
         return LoadedModel(model_id, task, resolved.source, resolved.path, model, tokenizer, self.device.kind, wanted,
                            bool(getattr(tokenizer, "chat_template", None)), time.perf_counter() - start,
-                           model_nbytes(model), timings, agreement)
+                           model_nbytes(model), measured)
 
     def _check_fits(self, resolved: Resolved, task: str, trust_remote_code: bool) -> None:
         """Refuse before downloading a model that cannot fit in memory."""

@@ -4,41 +4,50 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from core.paths import cache_dir
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8-dynamic", "int8-weight")
-CPU_CANDIDATES = ("fp32", "bf16", "int8-dynamic", "int8-weight")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp16-weight", "int8-dynamic", "int8-weight")
+CPU_CANDIDATES = ("fp32", "bf16", "fp16-weight", "int8-dynamic", "int8-weight")
 # A precision must keep the model's next-token predictions and be clearly faster than fp32. On PROBE_TEXT
-# (100 SmolLM2 tokens) bf16 keeps 99%, int8-weight 96%, int8-dynamic only 38%: it quantizes activations
-# too, and SmolLM2 then stops answering "Paris" to "What is the capital of France?".
+# (100 SmolLM2 tokens) fp16-weight keeps 100%, bf16 99%, int8-weight 96%, int8-dynamic only 38%: it quantizes
+# activations too, and SmolLM2 then stops answering "Paris" to "What is the capital of France?".
 MIN_AGREEMENT = 0.9
 MIN_SPEEDUP = 1.1
+# Candidates are ranked by the time of a typical chat turn, not by decode speed alone: on a CPU without native
+# bf16 (AVX2 only), bf16 decodes as fast as fp16-weight but takes ~5x longer to read a 50-token prompt.
+TURN_PROMPT_TOKENS, TURN_NEW_TOKENS = 64, 64
 PROBE_TEXT = ("The history of France spans many centuries. Paris became its capital and grew into one of the largest "
               "cities in Europe, known for art, science and food. The river Seine runs through the city. Language "
               "models predict the next word from the words before it. They are trained on large amounts of text and "
               "can answer questions, write stories and translate between languages. In the morning the children "
               "walked to school, carrying their books and a small lunch. The teacher asked them to write about "
               "their favourite animal.")
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8-dynamic": torch.float32,
-           "int8-weight": torch.float32}
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp16-weight": torch.float32,
+           "int8-dynamic": torch.float32, "int8-weight": torch.float32}
 
 
 @dataclass(frozen=True)
 class Measurement:
-    seconds: float  # for 8 cached decode steps
+    prefill_s: float  # reading a TURN_PROMPT_TOKENS prompt
+    token_s: float  # one cached decode step
     agreement: float  # share of next-token predictions equal to fp32's on PROBE_TEXT
+
+    @property
+    def turn_seconds(self) -> float:
+        """A typical chat turn: read the prompt, then write TURN_NEW_TOKENS tokens."""
+        return self.prefill_s + TURN_NEW_TOKENS * self.token_s
 
 
 @dataclass(frozen=True)
 class PrecisionChoice:
     best: str
-    seconds: dict[str, float]
-    agreement: dict[str, float]
+    measured: dict[str, Measurement]
 
 
 def load_dtype(precision: str) -> torch.dtype:
@@ -97,6 +106,18 @@ def conv1d_to_linear(model: nn.Module) -> int:
     return replaced
 
 
+def fp16_weight_only(model: nn.Module) -> nn.Module:
+    """A copy with every nn.Linear (Conv1D rewritten first) holding fp16 weights for fbgemm's fp16 GEMM.
+
+    Activations and accumulation stay fp32, so predictions match fp32 (fp16 keeps 3 more mantissa bits
+    than bf16), while each decode step reads half the weight bytes and prompts run through an AVX2 GEMM.
+    """
+    conv1d_to_linear(model)
+    with warnings.catch_warnings():  # torch.ao is deprecated in 2.13 but its fbgemm kernels are the fast CPU path
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.float16)
+
+
 def int8_weight_only(model: nn.Module) -> nn.Module:
     """Swap every nn.Linear (GPT-2's Conv1D rewritten as one first) for an Int8WeightLinear, in place."""
     conv1d_to_linear(model)
@@ -108,7 +129,9 @@ def int8_weight_only(model: nn.Module) -> nn.Module:
 
 
 def apply_precision(model: nn.Module, precision: str) -> nn.Module:
-    """Convert an fp32 model in place (dtype, int8 weights) or return its int8 dynamic-quantized copy."""
+    """Convert an fp32 model in place (dtype, int8 weights) or return its dynamic-quantized copy."""
+    if precision == "fp16-weight":
+        return fp16_weight_only(model)
     if precision == "int8-dynamic":
         # Deprecated in torch 2.13 but still present; quantizes activations too (see MIN_AGREEMENT).
         return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
@@ -128,21 +151,23 @@ def default_precision(device_kind: str) -> str:
 def _arch_key(model: nn.Module) -> str:
     cfg = model.config
     dims = [getattr(cfg, k, None) for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")]
-    return f"v3|{dims}|{platform.processor() or platform.machine()}|torch{torch.__version__}|t{torch.get_num_threads()}"
+    return f"v4|{dims}|{platform.processor() or platform.machine()}|torch{torch.__version__}|t{torch.get_num_threads()}"
 
 
 @torch.no_grad()
-def _decode_seconds(model: nn.Module, steps: int = 8) -> float:
-    """Seconds for `steps` single-token forward passes with a KV cache (the chat hot loop)."""
-    ids = torch.ones((1, 16), dtype=torch.long)
+def _turn_timings(model: nn.Module, steps: int = 8) -> tuple[float, float]:
+    """(seconds to read a TURN_PROMPT_TOKENS prompt, seconds per cached single-token step: the chat hot loop)."""
+    ids = torch.ones((1, TURN_PROMPT_TOKENS), dtype=torch.long)
+    start = time.perf_counter()
     out = model(input_ids=ids, use_cache=True)
+    prefill = time.perf_counter() - start
     past = out.past_key_values
     nxt = ids[:, -1:]
     start = time.perf_counter()
     for _ in range(steps):
         out = model(input_ids=nxt, past_key_values=past, use_cache=True)
         past = out.past_key_values
-    return time.perf_counter() - start
+    return prefill, (time.perf_counter() - start) / steps
 
 
 def probe_ids(tokenizer=None, limit: int = 128) -> torch.Tensor:
@@ -159,9 +184,9 @@ def _agreement(model: nn.Module, ids: torch.Tensor, reference: torch.Tensor) -> 
 
 
 def measure_cpu_precisions(fp32_model: nn.Module, ids: torch.Tensor, rounds: int = 3) -> dict[str, Measurement]:
-    """Decode speed and agreement with fp32 per candidate precision, each on its own copy of the model.
+    """Prompt and decode speed and agreement with fp32 per candidate precision, each on its own copy.
 
-    Candidates take turns for `rounds` rounds and keep their best time, so a burst of load on a
+    Candidates take turns for `rounds` rounds and keep their best times, so a burst of load on a
     shared machine slows one round of every candidate instead of deciding the choice.
     """
     import copy
@@ -170,18 +195,18 @@ def measure_cpu_precisions(fp32_model: nn.Module, ids: torch.Tensor, rounds: int
         reference = fp32_model(input_ids=ids).logits.argmax(-1)
     candidates = {p: fp32_model if p == "fp32" else apply_precision(copy.deepcopy(fp32_model), p) for p in CPU_CANDIDATES}
     agreement = {p: _agreement(m, ids, reference) for p, m in candidates.items()}  # doubles as the warm-up
-    seconds = dict.fromkeys(candidates, float("inf"))
+    best = {p: (float("inf"), float("inf")) for p in candidates}
     for _ in range(rounds):
         for p, m in candidates.items():
-            seconds[p] = min(seconds[p], _decode_seconds(m))
-    return {p: Measurement(seconds[p], agreement[p]) for p in CPU_CANDIDATES}
+            best[p] = tuple(map(min, best[p], _turn_timings(m)))
+    return {p: Measurement(*best[p], agreement[p]) for p in CPU_CANDIDATES}
 
 
 def pick(measured: dict[str, Measurement]) -> str:
     """Fastest candidate that predicts like fp32; it must beat fp32 clearly, or timing noise would decide."""
     faithful = {p: m for p, m in measured.items() if m.agreement >= MIN_AGREEMENT}
-    best = min(faithful, key=lambda p: faithful[p].seconds)  # fp32 always agrees with itself
-    return best if faithful[best].seconds < measured["fp32"].seconds / MIN_SPEEDUP else "fp32"
+    best = min(faithful, key=lambda p: faithful[p].turn_seconds)  # fp32 always agrees with itself
+    return best if faithful[best].turn_seconds < measured["fp32"].turn_seconds / MIN_SPEEDUP else "fp32"
 
 
 def choose_cpu_precision(fp32_model: nn.Module, tokenizer=None) -> PrecisionChoice:
@@ -191,7 +216,6 @@ def choose_cpu_precision(fp32_model: nn.Module, tokenizer=None) -> PrecisionChoi
     key = _arch_key(fp32_model)
     if key not in known:
         measured = measure_cpu_precisions(fp32_model, probe_ids(tokenizer))
-        known[key] = {"best": pick(measured), "seconds": {p: m.seconds for p, m in measured.items()},
-                      "agreement": {p: m.agreement for p, m in measured.items()}}
+        known[key] = {"best": pick(measured), "measured": {p: asdict(m) for p, m in measured.items()}}
         memo.write_text(json.dumps(known, indent=1))
-    return PrecisionChoice(known[key]["best"], known[key]["seconds"], known[key]["agreement"])
+    return PrecisionChoice(known[key]["best"], {p: Measurement(**m) for p, m in known[key]["measured"].items()})

@@ -51,8 +51,6 @@ def test_client_uploads_a_csv_and_trains_one_epoch(client, tiny_classifier_dir, 
                                                         epochs=1, batch_size=8, learning_rate=1e-3),
                                             api_name="/finetune_train")
     assert returned_user == user and message.startswith("Started"), message
-    busy = client.predict(*train_args(user, str(tiny_classifier_dir), handle_file(str(csv))), api_name="/finetune_train")
-    assert "already have a run" in busy[1]
     out = poll_until_done(client, user)
     assert ": finished" in out[0], out[0]
     assert "accuracy" in out[2] and "Trainable parameters" in out[2]
@@ -60,6 +58,23 @@ def test_client_uploads_a_csv_and_trains_one_epoch(client, tiny_classifier_dir, 
     assert report["headers"][:2] == ["label", "precision"] and [row[0] for row in report["data"]] == ["bad", "good"]
     zipped = client.predict(user, api_name="/finetune_zip")
     assert str(zipped).endswith(".zip")
+
+
+def test_client_second_run_waits_for_the_first_and_stop_ends_it(client, tiny_classifier_dir, tmp_path):
+    from gradio_client import handle_file
+
+    csv = tmp_path / "long.csv"
+    pd.DataFrame({"text": ["nice", "poor"] * 8, "label": ["good", "bad"] * 8}).to_csv(csv, index=False)
+    user = uuid.uuid4().hex
+    # Far more steps than the test waits for, so the run is certainly still going when the second request comes.
+    _, message = client.predict(*train_args(user, str(tiny_classifier_dir), handle_file(str(csv)), epochs=10_000,
+                                            batch_size=2), api_name="/finetune_train")
+    assert message.startswith("Started"), message
+    _, busy = client.predict(*train_args(user, str(tiny_classifier_dir), handle_file(str(csv))), api_name="/finetune_train")
+    assert "already have a run" in busy
+    assert client.predict(user, api_name="/finetune_stop").startswith("Stopping")
+    out = poll_until_done(client, user)
+    assert ": finished" in out[0] and "stopped by you" in out[2], out[2]
 
 
 def test_client_bad_file_gets_a_message(client, tmp_path):

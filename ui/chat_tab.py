@@ -8,7 +8,7 @@ import gradio as gr
 from core.chat import GenerationError, ReplyStats, SamplingSettings
 from core.chat_session import ChatSession, ChatUpdate, EmptyMessageError
 from core.model_manager import LoadedModel, ModelLoadError
-from core.precision import MIN_AGREEMENT
+from core.precision import MIN_AGREEMENT, TURN_NEW_TOKENS, TURN_PROMPT_TOKENS
 from core.prompting import CHAT_TEMPLATE, DEFAULT_SYSTEM_PROMPT, Turn
 from core.registry import CAUSAL_LM
 from core.services import Services
@@ -29,13 +29,13 @@ def chat_messages(turns: list[Turn], stats: list[ReplyStats | None]) -> list[dic
 
 def model_summary(loaded: LoadedModel) -> str:
     prompt_format = CHAT_TEMPLATE if loaded.is_chat else "plain continuation (base model: see the prompt below)"
-    agree = loaded.precision_agreement
-    measured = ", ".join(f"{p} {s * 1000 / 8:.0f} ms/token" + (f" ({agree[p]:.0%} same predictions)" if p in agree else "")
-                         for p, s in loaded.precision_timings.items())
+    measured = ", ".join(f"{p} {m.prefill_s:.2f} s prompt + {m.token_s * 1000:.0f} ms/token ({m.agreement:.0%} same "
+                         f"predictions)" for p, m in loaded.precision_measured.items())
     return (f"✅ **{loaded.model_id}** · {loaded.family} · **{loaded.precision}** on **{loaded.device}** · "
             f"{loaded.nbytes / 2**20:,.1f} MiB · prompt: {prompt_format}"
             + (f"<br><span class='notice'>Auto precision, measured once for this CPU: {measured}. "
-               f"Chosen: the fastest that keeps ≥{MIN_AGREEMENT:.0%} of fp32's next-token predictions.</span>" if measured else ""))
+               f"Chosen: the fastest chat turn ({TURN_PROMPT_TOKENS}-token prompt, {TURN_NEW_TOKENS} new tokens) among "
+               f"those that keep ≥{MIN_AGREEMENT:.0%} of fp32's next-token predictions.</span>" if measured else ""))
 
 
 class ChatHandlers:
