@@ -77,10 +77,10 @@ def model_nbytes(model: torch.nn.Module) -> int:
     total = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
     for module in model.modules():
         if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
-            # weight() unpacks to int8 (kept as is) or, for fp16 packs, to fp32: count the packed 2 bytes
-            weight, bias = module.weight(), module.bias()
-            fp16 = module._packed_params.dtype == torch.float16
-            total += weight.numel() * (2 if fp16 else weight.element_size())
+            # from the shape: weight() would unpack an fp16 pack into a whole fp32 copy just to be counted
+            packed_bytes = 2 if module._packed_params.dtype == torch.float16 else 1  # fp16 or qint8
+            bias = module.bias()
+            total += module.in_features * module.out_features * packed_bytes
             total += 0 if bias is None else bias.numel() * bias.element_size()
     return total
 
