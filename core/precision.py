@@ -30,6 +30,7 @@ PROBE_TEXT = ("The history of France spans many centuries. Paris became its capi
               "their favourite animal.")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp16-weight": torch.float32,
            "int8-dynamic": torch.float32, "int8-weight": torch.float32}
+_DYNAMIC = {"fp16-weight": torch.float16, "int8-dynamic": torch.qint8}  # packed weight dtype per dynamic precision
 
 
 @dataclass(frozen=True)
@@ -106,16 +107,18 @@ def conv1d_to_linear(model: nn.Module) -> int:
     return replaced
 
 
-def fp16_weight_only(model: nn.Module) -> nn.Module:
-    """A copy with every nn.Linear (Conv1D rewritten first) holding fp16 weights for fbgemm's fp16 GEMM.
+def dynamic_linears(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A copy with every nn.Linear (GPT-2's Conv1D rewritten as one first, or it is skipped silently) packed
+    for fbgemm's dynamic kernels.
 
-    Activations and accumulation stay fp32, so predictions match fp32 (fp16 keeps 3 more mantissa bits
-    than bf16), while each decode step reads half the weight bytes and prompts run through an AVX2 GEMM.
+    torch.float16: fp16 weights, fp32 activations and accumulation, so predictions match fp32 (fp16 keeps 3
+    more mantissa bits than bf16) while each decode step reads half the weight bytes.
+    torch.qint8: int8 weights, activations quantized per tensor at run time (see MIN_AGREEMENT).
     """
     conv1d_to_linear(model)
     with warnings.catch_warnings():  # torch.ao is deprecated in 2.13 but its fbgemm kernels are the fast CPU path
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.float16)
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=dtype)
 
 
 def int8_weight_only(model: nn.Module) -> nn.Module:
@@ -130,11 +133,8 @@ def int8_weight_only(model: nn.Module) -> nn.Module:
 
 def apply_precision(model: nn.Module, precision: str) -> nn.Module:
     """Convert an fp32 model in place (dtype, int8 weights) or return its dynamic-quantized copy."""
-    if precision == "fp16-weight":
-        return fp16_weight_only(model)
-    if precision == "int8-dynamic":
-        # Deprecated in torch 2.13 but still present; quantizes activations too (see MIN_AGREEMENT).
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    if precision in _DYNAMIC:
+        return dynamic_linears(model, _DYNAMIC[precision])
     if precision == "int8-weight":
         return int8_weight_only(model)
     return model.to(_DTYPES[precision])

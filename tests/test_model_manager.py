@@ -124,6 +124,13 @@ def test_int8_dynamic_quantizes_linear_layers(manager, tiny_lm_dirs):
     assert loaded.nbytes < manager.load(str(tiny_lm_dirs["llama"]), precision="fp32").nbytes
 
 
+@pytest.mark.parametrize("precision_name", ["int8-dynamic", "fp16-weight"])
+def test_dynamic_precisions_pack_gpt2_conv1d_blocks_not_only_the_head(manager, tiny_lm_dirs, precision_name):
+    loaded = manager.load(str(tiny_lm_dirs["gpt2"]), precision=precision_name)
+    packed = {n for n, m in loaded.model.named_modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)}
+    assert {"transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_proj", "lm_head"} <= packed
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_int8_weight_only_keeps_greedy_output_close_to_fp32(manager, tiny_lm_dirs, family):
     fp32 = manager.load(str(tiny_lm_dirs[family]), precision="fp32")
