@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
 import os
 
-from core.registry import DEFAULT_CHAT_MODEL
+from core.models.registry import DEFAULT_CHAT_MODEL
+
+# Tabs a classroom deployment leaves out: heavy, and not what a class is shown (like LlamaBoard's demo mode).
+CLASSROOM_HIDDEN_TABS = ("finetune", "quantize")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -16,7 +21,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--offline", action="store_true", help="never touch the Hugging Face Hub")
     parser.add_argument("--tabs", default=os.environ.get("LLMPG_TABS", ""),
                         help="comma-separated subset of tabs, e.g. chat,explain (or set LLMPG_TABS)")
+    parser.add_argument("--classroom", action="store_true",
+                        help="a shared class machine: no Fine-tune/Quantize tabs, short replies, small run budgets "
+                             "(or LLMPG_CLASSROOM=1)")
+    parser.add_argument("--allow-remote-code", action="store_true",
+                        help="let users load models that run their own Python (LLMPG_ALLOW_REMOTE_CODE=1)")
+    parser.add_argument("--allow-hub-push", action="store_true",
+                        help="let users push fine-tuned models to the Hub (LLMPG_ALLOW_HUB_PUSH=1)")
     return parser.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace):
+    """Environment first (Spaces set variables), flags on top."""
+    from core.common.settings import Settings
+
+    settings = Settings.classroom_defaults() if args.classroom else Settings()
+    env = Settings.from_env()
+    if env.classroom and not args.classroom:
+        settings = env
+    return dataclasses.replace(settings, allow_remote_code=args.allow_remote_code or env.allow_remote_code,
+                               allow_hub_push=args.allow_hub_push or env.allow_hub_push,
+                               allow_remote_servers=env.allow_remote_servers, api_key=env.api_key)
+
+
+def chosen_tabs(args: argparse.Namespace, classroom: bool) -> tuple[str, ...]:
+    from ui.app import TABS
+
+    tabs = tuple(t.strip() for t in args.tabs.split(",") if t.strip()) or tuple(TABS)
+    return tuple(t for t in tabs if not (classroom and t in CLASSROOM_HIDDEN_TABS))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,15 +56,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.offline:
         # Set before transformers / huggingface_hub are imported so no request is ever tried.
         os.environ["HF_HUB_OFFLINE"] = "1"
-    from core.device import configure_threads
-    from core.model_manager import ModelManager
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from core.models.device import configure_threads
+    from core.models.manager import ModelManager
     from core.services import Services
-    from ui.app import TABS, build_app, launch_options
+    from ui.app import build_app, launch_options
 
     configure_threads()
-    services = Services(manager=ModelManager(offline=args.offline), default_chat_model=args.model)
-    tabs = tuple(t.strip() for t in args.tabs.split(",") if t.strip()) or tuple(TABS)
-    demo = build_app(services, tabs)
+    settings = settings_from(args)
+    logging.getLogger("llm_playground").info(settings.describe())
+    services = Services(settings=settings, default_chat_model=args.model,
+                        manager=ModelManager(offline=args.offline, allow_remote_code=settings.allow_remote_code))
+    demo = build_app(services, chosen_tabs(args, settings.classroom))
     demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port, share=args.share,
                                                    **launch_options())
 

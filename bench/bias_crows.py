@@ -26,9 +26,9 @@ def main() -> None:
         print(f"skipped: {DATA} not found (the shared benchmark data is absent)")
         return
     from core.bias.crows_pairs import load_pairs, run_crows, score_pairs
-    from core.device import configure_threads
-    from core.model_manager import ModelManager
-    from core.registry import DEFAULT_CHAT_MODEL
+    from core.models.device import configure_threads
+    from core.models.manager import ModelManager
+    from core.models.registry import DEFAULT_CHAT_MODEL
 
     threads = configure_threads()
     loaded = ModelManager(offline=True).load(DEFAULT_CHAT_MODEL, precision=args.precision)

@@ -22,11 +22,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from core.chat import SamplingSettings, stream_reply  # noqa: E402
-from core.device import configure_threads  # noqa: E402
-from core.model_manager import ModelLoadError, ModelManager  # noqa: E402
-from core.prompting import DEFAULT_SYSTEM_PROMPT, build_prompt, context_length  # noqa: E402
-from core.registry import DEFAULT_CHAT_MODEL  # noqa: E402
+from core.chat.generation import SamplingSettings, stream_reply  # noqa: E402
+from core.chat.prompting import DEFAULT_SYSTEM_PROMPT, build_prompt, context_length  # noqa: E402
+from core.models.device import configure_threads  # noqa: E402
+from core.models.manager import ModelLoadError, ModelManager  # noqa: E402
+from core.models.registry import DEFAULT_CHAT_MODEL  # noqa: E402
 
 PROMPT_TOKENS = 50
 QUESTION = ("Write a long, detailed story about a young dragon who learns to read in a village library, "

@@ -24,14 +24,14 @@ SPACY_TO_CONLL = {"PERSON": "PER", "ORG": "ORG", "GPE": "LOC", "LOC": "LOC"}
 
 
 def sentiment(manager) -> None:
-    from core.classify import predict_proba
-    from core.registry import OFFLINE_ENCODER, TEXT_CLASSIFICATION
-    from core.zero_shot import zero_shot_classifier
+    from core.classify.classifier import predict_proba
+    from core.classify.zero_shot import zero_shot_classifier
+    from core.models.registry import OFFLINE_CLASSIFIER, OFFLINE_ENCODER, TEXT_CLASSIFICATION
 
     frame = pd.read_csv(DATA / "sst2" / "validation.tsv", sep="\t", quoting=3)
     texts, gold = frame["sentence"].astype(str).tolist(), frame["label"].to_numpy()
     start = time.perf_counter()
-    loaded = manager.load("llm-playground/minilm-sentiment", task=TEXT_CLASSIFICATION,
+    loaded = manager.load(OFFLINE_CLASSIFIER, task=TEXT_CLASSIFICATION,
                           progress=lambda f, m: print(f"  [{f:4.0%}] {m}", flush=True))
     print(f"default classifier ready in {time.perf_counter() - start:.1f}s (includes the one-time build if not cached)")
     probs = predict_proba(loaded.model, loaded.tokenizer, texts)
@@ -77,7 +77,7 @@ def spacy_tags(nlp, documents, consistent: bool = True) -> list[list[str]]:
     (a pre-tokenized Doc) so tags line up one-to-one with the gold ones."""
     from spacy.tokens import Doc
 
-    from core.ner import label_consistently
+    from core.classify.ner import label_consistently
 
     out = []
     for document in documents:
@@ -113,7 +113,7 @@ def entity_scores(gold: list[list[str]], pred: list[list[str]]) -> str:
 
 
 def ner(manager) -> None:
-    from core.ner import ner_model
+    from core.classify.ner import ner_model
 
     documents = read_conll(DATA / "conll2003" / "test.txt")
     test = flat(documents)
@@ -135,8 +135,8 @@ def main() -> int:
     if not DATA.is_dir():
         print(f"skipped: {DATA} is absent (public benchmark data is not part of the repository)")
         return 0
-    from core.device import configure_threads
-    from core.model_manager import ModelManager
+    from core.models.device import configure_threads
+    from core.models.manager import ModelManager
 
     print(f"threads: {configure_threads()}")
     manager = ModelManager(offline=True)

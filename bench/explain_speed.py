@@ -17,7 +17,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sst2" / "validation.tsv"
-MODEL = "llm-playground/minilm-sentiment"
+MODEL = "llm-playground/minilm-sentiment"  # core.models.registry.OFFLINE_CLASSIFIER (bench imports core late)
 TARGET_TOKENS = 20
 TARGET_SECONDS = 10.0
 
@@ -34,7 +34,7 @@ def shap_defaults(loaded, text: str) -> tuple[float, int, int, "object"]:
     """shap's Partition explainer with nothing set: its own budget and batch size."""
     import numpy as np
 
-    from core.shap_explain import class_log_odds, load_shap
+    from core.explain.shap_attribution import class_log_odds, load_shap
 
     calls = {"evals": 0, "batches": 0}
 
@@ -59,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import numpy as np
 
-    from core.attention import load_for_explain
-    from core.device import configure_threads
-    from core.model_manager import ModelManager
-    from core.shap_explain import DEFAULT_MAX_EVALS, SHAP_DEFAULT_MAX_EVALS, explain_classifier
+    from core.explain.attention import load_for_explain
+    from core.explain.shap_attribution import DEFAULT_MAX_EVALS, SHAP_DEFAULT_MAX_EVALS, explain_classifier
+    from core.models.device import configure_threads
+    from core.models.manager import ModelManager
 
     threads = configure_threads(2)
     loaded = load_for_explain(ModelManager(offline=True), model_id, lambda f, m: print(f"  [{f:.0%}] {m}"))

@@ -30,13 +30,13 @@ def main() -> int:
 
     import pandas as pd
 
-    from core.device import configure_threads
     from core.finetune.data import ColumnMapping, prepare
     from core.finetune.tasks import default_hyperparameters
     from core.finetune.training import FineTuneSpec, run_finetune
-    from core.model_manager import ModelManager
-    from core.model_store import ModelStore
-    from core.registry import CAUSAL_LM, DEFAULT_CHAT_MODEL
+    from core.models.device import configure_threads
+    from core.models.manager import ModelManager
+    from core.models.registry import CAUSAL_LM, DEFAULT_CHAT_MODEL
+    from core.models.store import ModelStore
 
     threads = configure_threads(2)
     manager = ModelManager(offline=True)
@@ -49,7 +49,8 @@ def main() -> int:
         hyper.epochs, hyper.learning_rate, hyper.max_length = args.epochs, args.lr, 64
         start = time.perf_counter()
         result = run_finetune(FineTuneSpec(CAUSAL_LM, DEFAULT_CHAT_MODEL, data, hyper),
-                              lambda model_id: manager.resolve(model_id).path, ModelStore(Path(work) / "store"))
+                              ModelStore(Path(work) / "store"),
+                              base_path=manager.resolve(DEFAULT_CHAT_MODEL).path)
         seconds = time.perf_counter() - start
     ppl = result.metrics
     print(f"threads {threads} | {len(data.train)} training lines, {len(data.eval)} held out ({ppl.tokens} tokens) | "

@@ -62,14 +62,14 @@ def main() -> int:
 
     import tempfile
 
-    from core.device import configure_threads
     from core.finetune.data import ColumnMapping, prepare
     from core.finetune.metrics import classification_metrics
     from core.finetune.tasks import default_hyperparameters
     from core.finetune.training import FineTuneSpec, run_finetune
-    from core.model_manager import ModelManager
-    from core.model_store import ModelStore
-    from core.registry import OFFLINE_ENCODER, TEXT_CLASSIFICATION
+    from core.models.device import configure_threads
+    from core.models.manager import ModelManager
+    from core.models.registry import OFFLINE_ENCODER, TEXT_CLASSIFICATION
+    from core.models.store import ModelStore
 
     threads = configure_threads(2)
     hyper = default_hyperparameters(TEXT_CLASSIFICATION)
@@ -82,7 +82,7 @@ def main() -> int:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as store_dir:
         result = run_finetune(FineTuneSpec(TEXT_CLASSIFICATION, OFFLINE_ENCODER, data, hyper),
-                              lambda model_id: manager.resolve(model_id).path, ModelStore(Path(store_dir)))
+                              ModelStore(Path(store_dir)), base_path=manager.resolve(OFFLINE_ENCODER).path)
     seconds = time.perf_counter() - start
     test = result.extra_metrics
     counts = {label: sum(test.confusion[i]) for i, label in enumerate(test.labels)}

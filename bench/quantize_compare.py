@@ -29,11 +29,11 @@ def main() -> int:
 
     import pandas as pd
 
-    from core.device import configure_threads
-    from core.model_manager import ModelManager
-    from core.quantize import CompressionOptions
-    from core.quantize_metrics import EvalSettings, compare_variants
-    from core.registry import CAUSAL_LM, DEFAULT_CHAT_MODEL
+    from core.models.device import configure_threads
+    from core.models.manager import ModelManager
+    from core.models.registry import CAUSAL_LM, DEFAULT_CHAT_MODEL
+    from core.quantize.metrics import EvalSettings, compare_variants
+    from core.quantize.variants import CompressionOptions
 
     threads = configure_threads(2)
     base = ModelManager(offline=True).load(DEFAULT_CHAT_MODEL, CAUSAL_LM, precision="fp32")

@@ -1,18 +1,28 @@
-"""What every tab shares: the model manager, the model store and the app's settings."""
+"""What every tab shares: the operator's settings, the model manager, the model store and the heavy-work queue."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.model_manager import ModelManager
-from core.model_store import ModelStore
-from core.registry import DEFAULT_CHAT_MODEL, presets
+from core.common.settings import Settings
+from core.common.work_queue import WorkQueue
+from core.models.manager import ModelManager
+from core.models.registry import DEFAULT_CHAT_MODEL, presets
+from core.models.store import ModelStore
 
 
 @dataclass
 class Services:
-    manager: ModelManager = field(default_factory=ModelManager)
+    settings: Settings = field(default_factory=Settings)
+    manager: ModelManager | None = None
     store: ModelStore = field(default_factory=ModelStore)
     default_chat_model: str = DEFAULT_CHAT_MODEL
+    work: WorkQueue | None = None
+
+    def __post_init__(self) -> None:
+        if self.manager is None:
+            self.manager = ModelManager(allow_remote_code=self.settings.allow_remote_code)
+        if self.work is None:
+            self.work = WorkQueue(self.settings.heavy_runs_at_once, self.settings.run_seconds)
 
     @property
     def offline(self) -> bool:

@@ -48,8 +48,8 @@ def tiny_ner_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def services(tmp_path_factory):
-    from core.model_manager import ModelManager
-    from core.model_store import ModelStore
+    from core.models.manager import ModelManager
+    from core.models.store import ModelStore
     from core.services import Services
 
     return Services(manager=ModelManager(offline=True), store=ModelStore(tmp_path_factory.mktemp("store")))

@@ -6,11 +6,23 @@ import json
 import numpy as np
 import pytest
 
-from core.attention import (OVERVIEW_MAX_CELLS, AttentionMaps, AttentionUnavailable, ExplainInputError, FittedText,
-                            attention_rollout, explain_task, extract_attention, fit_text, load_for_explain,
-                            matrix_figure, overview_figure, view_figure)
-from core.model_store import CARD
-from core.registry import CAUSAL_LM, DEFAULT_CHAT_MODEL, ENCODER, OFFLINE_ENCODER, TEXT_CLASSIFICATION
+from core.explain.attention import (
+    OVERVIEW_MAX_CELLS,
+    AttentionMaps,
+    AttentionUnavailable,
+    ExplainInputError,
+    FittedText,
+    attention_rollout,
+    explain_task,
+    extract_attention,
+    fit_text,
+    load_for_explain,
+    matrix_figure,
+    overview_figure,
+    view_figure,
+)
+from core.models.registry import CAUSAL_LM, DEFAULT_CHAT_MODEL, ENCODER, OFFLINE_ENCODER, TEXT_CLASSIFICATION
+from core.models.store import CARD
 
 TEXT = "The capital of France is Paris. The quick brown fox jumps over the lazy dog."
 

@@ -12,12 +12,12 @@ from fairlearn.metrics import demographic_parity_difference, demographic_parity_
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from core.bias import counterfactual, crows_pairs, fairness, generation_probe
-from core.bias.likelihood import StoppedError, encode_sentences, prefix_token_id, sentence_logprobs
+from core.bias.likelihood import encode_sentences, prefix_token_id, sentence_logprobs
 from core.bias.report import report_html, report_json, write_report
 from core.bias.stats import bootstrap_mean, bootstrap_statistic
-from core.stopping import StopFlag
-from core.uploads import UploadError
-
+from core.common.errors import StoppedError
+from core.common.stopping import StopFlag
+from core.common.uploads import UploadError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
-from tests.browser_helpers import open_tab
 
+from tests.browser_helpers import open_tab
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

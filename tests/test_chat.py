@@ -7,14 +7,30 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from core.chat import (END_OF_TEXT, LENGTH, STOP_STRING, STOPPED, GenerationError, SamplingSettings, generate_reply,
-                       logits_processors, stream_reply)
-from core.chat_session import ChatSession, EmptyMessageError
-from core.model_manager import ModelLoadError
-from core.prompting import (CHAT_TEMPLATE, MAX_MESSAGE_CHARS, PLAIN, Turn, build_prompt, context_length,
-                            plain_transcript)
-from core.stopping import StopFlag
-from core.token_view import TokenStep, describe_steps, render_html
+from core.chat.generation import (
+    END_OF_TEXT,
+    LENGTH,
+    STOP_STRING,
+    STOPPED,
+    GenerationError,
+    SamplingSettings,
+    generate_reply,
+    logits_processors,
+    stream_reply,
+)
+from core.chat.prompting import (
+    CHAT_TEMPLATE,
+    MAX_MESSAGE_CHARS,
+    PLAIN,
+    Turn,
+    build_prompt,
+    context_length,
+    plain_transcript,
+)
+from core.chat.session import ChatSession, EmptyMessageError
+from core.chat.token_view import TokenStep, describe_steps, render_html
+from core.common.stopping import StopFlag
+from core.models.manager import ModelLoadError
 
 FAMILIES = ("gpt2", "llama", "phi", "phi3")
 GREEDY = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=12)
@@ -30,7 +46,7 @@ def tiny(tiny_lm_dirs):
 @pytest.fixture
 def no_eos(monkeypatch):
     """Random tiny models can sample their end-of-text token at any step; tests of lengths and stops must not end early."""
-    monkeypatch.setattr("core.chat.eos_token_ids", lambda *_: set())
+    monkeypatch.setattr("core.chat.generation.eos_token_ids", lambda *_: set())
 
 
 def prompt_for(model, tok, message="Hello, how are you?", history=(), **kw):
@@ -265,7 +281,7 @@ def test_session_survives_gradio_state_copy(tiny_lm_dirs):
 
     session = ChatSession("m", turns=[Turn("a", "b")], stats=[None])
     clone = copy.deepcopy(session)
-    assert clone.turns == session.turns and clone.stop_flag is not session.stop_flag
+    assert clone.turns == session.turns and clone.control is not session.control
 
 
 @pytest.mark.real_model

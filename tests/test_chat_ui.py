@@ -41,7 +41,7 @@ def test_an_unknown_model_keeps_the_previous_one(client, tiny_lm_dirs):
 
 
 def test_two_users_chat_at_once_and_stop_only_their_own_reply(app_url, tiny_lm_dirs, monkeypatch):
-    monkeypatch.setattr("core.chat.eos_token_ids", lambda *_: set())  # random tiny models: no early end of text
+    monkeypatch.setattr("core.chat.generation.eos_token_ids", lambda *_: set())  # random tiny models: no early end of text
     alice, bob = Client(app_url, verbose=False), Client(app_url, verbose=False)
     for user in (alice, bob):
         load(user, tiny_lm_dirs["phi"])
@@ -61,7 +61,7 @@ def test_two_users_chat_at_once_and_stop_only_their_own_reply(app_url, tiny_lm_d
 
 
 def test_changing_model_stops_a_running_reply(app_url, tiny_lm_dirs, monkeypatch):
-    monkeypatch.setattr("core.chat.eos_token_ids", lambda *_: set())
+    monkeypatch.setattr("core.chat.generation.eos_token_ids", lambda *_: set())
     user = Client(app_url, verbose=False)
     load(user, tiny_lm_dirs["gpt2"])
     job = user.submit(message="Go on", temperature=1.0, max_new_tokens=400, seed=3, api_name="/chat_send")

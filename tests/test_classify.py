@@ -6,14 +6,21 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from core.batch_classify import MAX_ROWS, classify_batch, read_batch, texts_from
-from core.classify import SequenceClassifier, TextInputError, classify_text, probability_figure
-from core.ood import confidence, normalised_entropy
-from core.registry import TEXT_CLASSIFICATION
-from core.stopping import StopFlag
-from core.uploads import UploadError
-from core.zero_shot import (EmbeddingZeroShot, NliZeroShot, ZeroShotError, entailment_id, hypotheses, parse_labels,
-                            zero_shot_classifier)
+from core.classify.batch import MAX_ROWS, classify_batch, read_batch, texts_from
+from core.classify.classifier import SequenceClassifier, TextInputError, classify_text, probability_figure
+from core.classify.ood import confidence, normalised_entropy
+from core.classify.zero_shot import (
+    EmbeddingZeroShot,
+    NliZeroShot,
+    ZeroShotError,
+    entailment_id,
+    hypotheses,
+    parse_labels,
+    zero_shot_classifier,
+)
+from core.common.stopping import StopFlag
+from core.common.uploads import UploadError
+from core.models.registry import OFFLINE_CLASSIFIER, TEXT_CLASSIFICATION
 from tests.tiny_models import build_bert
 
 
@@ -162,7 +169,7 @@ def test_batch_stops_when_asked(tiny_classifier):
 @pytest.mark.real_model
 def test_offline_sentiment_default_on_hand_checked_sentences(services):
     """Built once from assets/sentiment_reviews.csv and cached under LLMPG_HOME; a standard classifier folder."""
-    loaded = services.manager.load("llm-playground/minilm-sentiment", task=TEXT_CLASSIFICATION)
+    loaded = services.manager.load(OFFLINE_CLASSIFIER, task=TEXT_CLASSIFICATION)
     assert loaded.model.config.id2label == {0: "negative", 1: "positive"}
     classifier = SequenceClassifier(loaded.model, loaded.tokenizer)
     cases = {"I loved this film, the acting was wonderful and the story moved me.": "positive",

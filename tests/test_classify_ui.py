@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 from gradio_client import handle_file
 
-from core.paths import assets_dir
-from ui.classify_tab import CLASSIFIER, ZERO_SHOT_MODE
+from core.models.paths import assets_dir
 from tests.browser_helpers import open_tab
+from ui.classify_tab import CLASSIFIER, ZERO_SHOT_MODE
 
 
 def classify(client, model_dir, text, mode=CLASSIFIER, labels="sports, politics", zero_shot_model=None):

@@ -2,7 +2,7 @@ import importlib.machinery
 import sys
 import types
 
-from core.device import configure_threads, detect_device, on_gpu
+from core.models.device import configure_threads, detect_device, on_gpu
 
 
 def work(x):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from core.registry import DEFAULT_CHAT_MODEL, OFFLINE_ENCODER
+from core.models.registry import DEFAULT_CHAT_MODEL, OFFLINE_ENCODER
 from tests.browser_helpers import open_tab
 
 PROMPT = "The capital of France is"
@@ -75,7 +75,7 @@ def test_stop_button_ends_a_running_shap(client, tiny_classifier_dir):
     long_text = " ".join(["the film was wonderful but far too long"] * 12)
     job = client.submit(str(tiny_classifier_dir), long_text, "", 2000, 128, api_name="/explain_shap")
     deadline = time.monotonic() + 60
-    while not job.outputs() and time.monotonic() < deadline:  # the first yield hands this run's flag to the session
+    while not job.status().progress_data and time.monotonic() < deadline:  # SHAP's batches report progress
         time.sleep(0.05)
     assert client.predict(api_name="/explain_stop").startswith("⏹️")
     status, *_ = job.result(timeout=60)

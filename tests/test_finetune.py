@@ -2,25 +2,39 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 import zipfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from safetensors import safe_open
 
-from core.finetune.data import (ColumnMapping, LabeledTexts, LmTexts, TaggedSentences, prepare, preview, read_conll,
-                                split)
+from core.common.errors import BusyError
+from core.common.stopping import StopFlag
+from core.common.uploads import UploadError
+from core.common.work_queue import WorkQueue
+from core.finetune.data import (
+    ColumnMapping,
+    LabeledTexts,
+    LmTexts,
+    TaggedSentences,
+    prepare,
+    preview,
+    read_conll,
+    split,
+)
 from core.finetune.hub import HubError, push_to_hub, zip_model
-from core.finetune.jobs import DONE, FAILED, JobBusy, JobRegistry
+from core.finetune.jobs import DONE, FAILED, JobRegistry
 from core.finetune.metrics import classification_metrics, entity_metrics, entity_spans
 from core.finetune.progress import TrainingProgress
 from core.finetune.tasks import IGNORE, CausalLmTask, Hyperparameters, TokenClassificationTask, render_pair
 from core.finetune.training import FineTuneSpec, apply_lora, count_parameters, run_finetune
-from core.model_store import CARD
-from core.paths import assets_dir
-from core.registry import CAUSAL_LM, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION
-from core.stopping import StopFlag
-from core.uploads import UploadError
+from core.models.paths import assets_dir
+from core.models.registry import CAUSAL_LM, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION
+from core.models.store import CARD
 
 TINY = dict(epochs=1, batch_size=8, max_length=32, evals_per_epoch=1, warmup=0.0)
 
@@ -147,7 +161,7 @@ def test_classifier_trains_saves_and_is_offered(reviews, tiny_classifier_dir, se
     progress = TrainingProgress()
     result = run_finetune(FineTuneSpec(TEXT_CLASSIFICATION, str(tiny_classifier_dir), data,
                                        Hyperparameters(**TINY, learning_rate=1e-3), "tiny-sentiment"),
-                          str, services.store, progress)
+                          services.store, progress)
     assert result.steps == 3 and progress.snapshot().train_loss and progress.snapshot().eval_loss
     assert result.metrics.labels == ["neg", "pos"] and sum(map(sum, result.metrics.confusion)) == len(data.eval)
     assert sum(map(sum, result.extra_metrics.confusion)) == 2
@@ -165,7 +179,7 @@ def test_classifier_trains_saves_and_is_offered(reviews, tiny_classifier_dir, se
 def test_decoder_classifier_with_lora(reviews, tiny_lm_dirs, services):
     data = prepare(TEXT_CLASSIFICATION, reviews, ColumnMapping(), eval_percent=25)
     result = run_finetune(FineTuneSpec(TEXT_CLASSIFICATION, str(tiny_lm_dirs["gpt2"]), data,
-                                       Hyperparameters(**TINY, lora=True)), str, services.store)
+                                       Hyperparameters(**TINY, lora=True)), services.store)
     assert 0 < result.trainable_params < result.total_params / 2
     with safe_open(str(result.folder / "model.safetensors"), "pt") as f:  # the adapter was merged away
         assert not any("lora" in k for k in f.keys())
@@ -176,7 +190,7 @@ def test_lora_lowers_held_out_perplexity(tiny_lm_dirs, services, tmp_path):
     text.write_text("\n".join(["The capital of France is Paris. The quick brown fox jumps over the lazy dog."] * 30))
     data = prepare(CAUSAL_LM, text, ColumnMapping(), eval_percent=20)
     hyper = Hyperparameters(**(TINY | dict(epochs=2, evals_per_epoch=1)), learning_rate=1e-2, lora=True)
-    result = run_finetune(FineTuneSpec(CAUSAL_LM, str(tiny_lm_dirs["gpt2"]), data, hyper), str, services.store)
+    result = run_finetune(FineTuneSpec(CAUSAL_LM, str(tiny_lm_dirs["gpt2"]), data, hyper), services.store)
     assert result.metrics.after < result.metrics.before * 0.95
     assert result.trainable_params < result.total_params / 10  # only the adapter (c_attn, fan_in_fan_out)
 
@@ -185,7 +199,7 @@ def test_chat_pairs_on_llama_and_lora_targets_for_phi(tiny_lm_dirs, services):
     data = prepare(CAUSAL_LM, assets_dir() / "instructions.jsonl", ColumnMapping(text="response", prompt="prompt"),
                    eval_percent=20)
     result = run_finetune(FineTuneSpec(CAUSAL_LM, str(tiny_lm_dirs["llama"]), data,
-                                       Hyperparameters(**TINY, learning_rate=1e-3)), str, services.store)
+                                       Hyperparameters(**TINY, learning_rate=1e-3)), services.store)
     assert result.trainable_params == result.total_params and result.metrics.before > 1
     from transformers import AutoModelForCausalLM
 
@@ -199,7 +213,7 @@ def test_chat_pairs_on_llama_and_lora_targets_for_phi(tiny_lm_dirs, services):
 def test_ner_training_reports_entity_f1(tiny_ner_dir, services):
     data = prepare(TOKEN_CLASSIFICATION, assets_dir() / "ner_tiny.txt", ColumnMapping(), eval_percent=20)
     result = run_finetune(FineTuneSpec(TOKEN_CLASSIFICATION, str(tiny_ner_dir), data,
-                                       Hyperparameters(**TINY, learning_rate=1e-3)), str, services.store)
+                                       Hyperparameters(**TINY, learning_rate=1e-3)), services.store)
     assert 0 <= result.metrics.f1 <= 1 and set(result.metrics.report["entity"]) <= {"PER", "ORG", "LOC"}
     assert json.loads((result.folder / CARD).read_text())["task"] == TOKEN_CLASSIFICATION
 
@@ -210,45 +224,69 @@ def test_stop_keeps_and_saves_the_model(reviews, tiny_classifier_dir, services):
     stop.stop()
     result = run_finetune(FineTuneSpec(TEXT_CLASSIFICATION, str(tiny_classifier_dir), data,
                                        Hyperparameters(**(TINY | dict(epochs=5, batch_size=2)))),
-                          str, services.store, stop=stop)
+                          services.store, stop=stop)
     assert result.stopped and result.steps == 1 and result.best_step == 1
-    assert (result.folder / "model.safetensors").exists() and "stopped by the user" in result.card.notes
+    assert (result.folder / "model.safetensors").exists() and "stopped by you" in result.card.notes
 
 
 def test_early_stopping_ends_a_run_that_does_not_improve(reviews, tiny_classifier_dir, services):
     data = prepare(TEXT_CLASSIFICATION, reviews, ColumnMapping(), eval_percent=25)
     hyper = Hyperparameters(**(TINY | dict(epochs=3, batch_size=6, evals_per_epoch=3)), learning_rate=1e-12,
                             patience=1)
-    result = run_finetune(FineTuneSpec(TEXT_CLASSIFICATION, str(tiny_classifier_dir), data, hyper), str,
-                          services.store)
+    result = run_finetune(FineTuneSpec(TEXT_CLASSIFICATION, str(tiny_classifier_dir), data, hyper), services.store)
     assert result.early_stopped and result.steps == 2 and result.best_step == 1
 
 
 # ---- jobs and sharing ---------------------------------------------------------------------------------------------------
-def test_one_run_per_user_and_a_queue():
-    jobs = JobRegistry(max_running=1)
-    release = StopFlag()
+def wait_for_file(path: str, progress, stop) -> str:
+    """A stand-in training run (in the child process): works until `path` exists or it is stopped."""
+    while not (Path(path).exists() or stop.stopped):
+        progress.set_phase("working")
+        time.sleep(0.02)
+    return stop.reason if stop.stopped else "finished"
 
-    def work(progress, stop):
-        while not (release.stopped or stop.stopped):
-            progress.set_phase("working")
-        return "finished"
 
-    first = jobs.submit("alice", "first", work)
-    with pytest.raises(JobBusy, match="already have a run"):
-        jobs.submit("alice", "again", work)
-    second = jobs.submit("bob", "second", work)
-    for _ in range(100):
-        if "Waiting: 1 other run" in second.progress.snapshot().phase:
+def divide_by_zero(progress, stop):
+    return 1 / 0
+
+
+def test_one_run_per_user_a_visible_queue_and_failures_that_stay_in_their_job(tmp_path):
+    jobs = JobRegistry(WorkQueue(slots=1))
+    release = str(tmp_path / "release")
+    first = jobs.submit("alice", "first", wait_for_file, release)
+    with pytest.raises(BusyError, match="already have a run"):
+        jobs.submit("alice", "again", wait_for_file, release)
+    second = jobs.submit("bob", "second", wait_for_file, release)
+    for _ in range(200):
+        if "1st in line" in second.progress.snapshot().phase:
             break
         second.wait(0.05)
-    assert "Waiting: 1 other run" in second.progress.snapshot().phase
-    release.stop()
-    assert first.wait(10) and second.wait(10) and first.result == second.result == "finished"
+    assert "1st in line" in second.progress.snapshot().phase and second.state == "queued"
+    Path(release).touch()
+    assert first.wait(60) and second.wait(60) and first.result == second.result == "finished"
     assert second.state == DONE and jobs.get("bob") is second
 
-    third = jobs.submit("carol", "fails", lambda progress, stop: 1 / 0)
-    assert third.wait(10) and third.state == FAILED and "division by zero" in third.error
+    third = jobs.submit("carol", "fails", divide_by_zero)
+    assert third.wait(60) and third.state == FAILED and "division by zero" in third.error
+
+
+def test_a_killed_training_process_fails_its_job_only(tmp_path):
+    jobs = JobRegistry(WorkQueue(slots=2))
+    doomed = jobs.submit("alice", "doomed", wait_for_file, str(tmp_path / "never"))
+    for _ in range(600):
+        if doomed.pid:
+            break
+        time.sleep(0.05)
+    os.kill(doomed.pid, signal.SIGKILL)
+    assert doomed.wait(30) and doomed.state == FAILED and "SIGKILL" in doomed.error and "still running" in doomed.error
+    again = jobs.submit("alice", "next run", wait_for_file, str(tmp_path / "never"))  # the user can start over
+    assert jobs.stop("alice") and again.wait(60) and again.result == "stopped by you"
+
+
+def test_the_time_budget_stops_a_run_and_says_so(tmp_path):
+    jobs = JobRegistry(WorkQueue(slots=1, time_budget_s=1.0))
+    job = jobs.submit("alice", "long", wait_for_file, str(tmp_path / "never"))
+    assert job.wait(60) and job.state == DONE and "time budget" in job.result
 
 
 def test_hub_push_never_shows_the_token(tiny_classifier_dir):

@@ -3,27 +3,22 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import asdict
 
 import pandas as pd
 import pytest
 
 from core.finetune.tasks import default_hyperparameters
-from core.registry import TEXT_CLASSIFICATION
-from ui.finetune_tab import HYPER_FIELDS
+from core.models.registry import TEXT_CLASSIFICATION
 from tests.browser_helpers import open_tab
 
 
-def hyper_args(**changes) -> list:
-    hyper = default_hyperparameters(TEXT_CLASSIFICATION)
-    for name, value in changes.items():
-        setattr(hyper, name, value)
-    return [getattr(hyper, name) for name in HYPER_FIELDS]
-
-
-def train_args(user, model, train_file, eval_percent=25, **hyper) -> list:
-    # user, task, base model, save-as name, train file, text col, label col, LM format, prompt col, split %, files
-    return [user, TEXT_CLASSIFICATION, model, "", train_file, "text", "label", "Plain text", None, eval_percent,
-            None, None, *hyper_args(**hyper)]
+def train_args(user, model, train_file, eval_percent=25, **hyper) -> dict:
+    """/finetune_train's named values: who, which model, the data form and every hyperparameter."""
+    return {"user_id": user, "base_model": model, "name": "", "task": TEXT_CLASSIFICATION, "train_file": train_file,
+            "text_col": "text", "label_col": "label", "lm_format": "Plain text", "prompt_col": None,
+            "eval_percent": eval_percent, "eval_file": None, "ood_file": None,
+            **asdict(default_hyperparameters(TEXT_CLASSIFICATION)), **hyper}
 
 
 def poll_until_done(client, user, timeout=90.0) -> tuple:
@@ -47,7 +42,7 @@ def test_client_uploads_a_csv_and_trains_one_epoch(client, tiny_classifier_dir, 
     user = uuid.uuid4().hex
     preview = client.predict(handle_file(str(csv)), api_name="/finetune_preview")
     assert preview[1]["value"] == "text" and preview[2]["value"] == "label"
-    returned_user, message = client.predict(*train_args(user, str(tiny_classifier_dir), handle_file(str(csv)),
+    returned_user, message = client.predict(**train_args(user, str(tiny_classifier_dir), handle_file(str(csv)),
                                                         epochs=1, batch_size=8, learning_rate=1e-3),
                                             api_name="/finetune_train")
     assert returned_user == user and message.startswith("Started"), message
@@ -67,14 +62,54 @@ def test_client_second_run_waits_for_the_first_and_stop_ends_it(client, tiny_cla
     pd.DataFrame({"text": ["nice", "poor"] * 8, "label": ["good", "bad"] * 8}).to_csv(csv, index=False)
     user = uuid.uuid4().hex
     # Far more steps than the test waits for, so the run is certainly still going when the second request comes.
-    _, message = client.predict(*train_args(user, str(tiny_classifier_dir), handle_file(str(csv)), epochs=10_000,
+    _, message = client.predict(**train_args(user, str(tiny_classifier_dir), handle_file(str(csv)), epochs=1000,
                                             batch_size=2), api_name="/finetune_train")
     assert message.startswith("Started"), message
-    _, busy = client.predict(*train_args(user, str(tiny_classifier_dir), handle_file(str(csv))), api_name="/finetune_train")
+    _, busy = client.predict(**train_args(user, str(tiny_classifier_dir), handle_file(str(csv))), api_name="/finetune_train")
     assert "already have a run" in busy
     assert client.predict(user, api_name="/finetune_stop").startswith("Stopping")
     out = poll_until_done(client, user)
     assert ": finished" in out[0] and "stopped by you" in out[2], out[2]
+
+
+def training_processes() -> list:
+    import psutil
+
+    return [p for p in psutil.Process().children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
+
+
+def test_killing_the_training_process_fails_that_run_and_the_app_keeps_serving(client, tiny_classifier_dir, tmp_path):
+    from gradio_client import handle_file
+
+    csv = tmp_path / "long.csv"
+    pd.DataFrame({"text": ["nice", "poor"] * 8, "label": ["good", "bad"] * 8}).to_csv(csv, index=False)
+    user = uuid.uuid4().hex
+    before = {p.pid for p in training_processes()}
+    _, message = client.predict(**train_args(user, str(tiny_classifier_dir), handle_file(str(csv)), epochs=1000,
+                                             batch_size=2), api_name="/finetune_train")
+    assert message.startswith("Started"), message
+    deadline = time.monotonic() + 60
+    while not (new := [p for p in training_processes() if p.pid not in before]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    new[0].kill()  # what the kernel's out-of-memory killer would do
+    out = poll_until_done(client, user)
+    assert ": failed" in out[0] and "ended unexpectedly" in out[0] and "SIGKILL" in out[0]
+    # the app still answers, and this user can train again
+    _, again = client.predict(**train_args(user, str(tiny_classifier_dir), handle_file(str(csv)), epochs=1),
+                              api_name="/finetune_train")
+    assert again.startswith("Started") and ": finished" in poll_until_done(client, user)[0]
+
+
+def test_client_out_of_range_numbers_get_a_message_naming_the_setting(client, tmp_path):
+    from gradio_client import handle_file
+
+    csv = tmp_path / "ok.csv"
+    pd.DataFrame({"text": ["nice", "poor"] * 4, "label": ["good", "bad"] * 4}).to_csv(csv, index=False)
+    for change, named in ((dict(batch_size=0), "Batch size"), (dict(seed=2**70), "Seed"),
+                          (dict(learning_rate=5), "Learning rate")):
+        _, message = client.predict(**train_args(uuid.uuid4().hex, "x", handle_file(str(csv)), **change),
+                                    api_name="/finetune_train")
+        assert message.startswith("⚠️") and named in message, message
 
 
 def test_client_bad_file_gets_a_message(client, tmp_path):
@@ -82,10 +117,11 @@ def test_client_bad_file_gets_a_message(client, tmp_path):
 
     one_class = tmp_path / "one.csv"
     one_class.write_text("text,label\na,x\nb,x\nc,x\n")
-    checked = client.predict(TEXT_CLASSIFICATION, handle_file(str(one_class)), "text", "label", "Plain text", None, 10,
-                             None, None, 42, api_name="/finetune_check")
+    checked = client.predict(seed=42, task=TEXT_CLASSIFICATION, train_file=handle_file(str(one_class)), text_col="text",
+                             label_col="label", lm_format="Plain text", prompt_col=None, eval_percent=10,
+                             eval_file=None, ood_file=None, api_name="/finetune_check")
     assert "⚠️" in checked and "at least two" in checked
-    _, message = client.predict(*train_args(uuid.uuid4().hex, "no/such-model-offline", handle_file(str(one_class))),
+    _, message = client.predict(**train_args(uuid.uuid4().hex, "no/such-model-offline", handle_file(str(one_class))),
                                 api_name="/finetune_train")
     assert message.startswith("⚠️") and "at least two" in message
 

@@ -7,11 +7,11 @@ import time
 import pytest
 import torch
 
-import core.precision as precision
-from core.chat import SamplingSettings, generate_reply
-from core.device import configure_threads
-from core.model_manager import LoadedModel, ModelLoadError, ModelManager
-from core.registry import DEFAULT_CHAT_MODEL, OFFLINE_ENCODER
+import core.models.precision as precision
+from core.chat.generation import SamplingSettings, generate_reply
+from core.models.device import configure_threads
+from core.models.manager import LoadedModel, ModelLoadError, ModelManager
+from core.models.registry import DEFAULT_CHAT_MODEL, OFFLINE_ENCODER
 
 
 @pytest.fixture
@@ -177,7 +177,8 @@ def test_auto_precision_picks_the_fastest_faithful_one_and_remembers_it(tmp_path
     measured = []
     fake = {"fp32": precision.Measurement(0.3, 0.040, 1.0), "bf16": precision.Measurement(0.3, 0.020, 0.99),
             "int8-dynamic": precision.Measurement(0.3, 0.010, 0.5)}  # int8 is fastest but changes half the predictions
-    monkeypatch.setattr(precision, "measure_cpu_precisions", lambda model, ids: measured.append(ids) or fake)
+    monkeypatch.setattr(precision, "measure_cpu_precisions",
+                        lambda model, ids, free_bytes=None: (measured.append(ids), (fake, {}))[1])
     loaded = ModelManager(offline=True).load(str(tiny_lm_dirs["phi"]))
     assert loaded.precision == "bf16" and next(loaded.model.parameters()).dtype == torch.bfloat16
     assert loaded.precision_measured == fake
@@ -204,11 +205,21 @@ def test_pick_the_fastest_turn_that_keeps_predictions(measured, best):
 
 def test_real_measurement_covers_every_cpu_candidate(tiny_lm_dirs):
     loaded = ModelManager(offline=True).load(str(tiny_lm_dirs["llama"]), precision="fp32")
-    measured = precision.measure_cpu_precisions(loaded.model, precision.probe_ids(loaded.tokenizer))
-    assert set(measured) == set(precision.CPU_CANDIDATES)
+    measured, skipped = precision.measure_cpu_precisions(loaded.model, precision.probe_ids(loaded.tokenizer))
+    assert set(measured) == set(precision.CPU_CANDIDATES) and skipped == {}
     assert all(m.prefill_s > 0 and m.token_s > 0 for m in measured.values())
     assert measured["fp32"].agreement == 1.0 and all(0 <= m.agreement <= 1 for m in measured.values())
     assert next(loaded.model.parameters()).dtype == torch.float32  # candidates are measured on copies
+
+
+def test_candidates_that_would_not_fit_are_skipped_and_said(tiny_lm_dirs):
+    loaded = ModelManager(offline=True).load(str(tiny_lm_dirs["llama"]), precision="fp32")
+    fp32_bytes = precision.copy_bytes(loaded.model, "fp32")
+    # room for one plain copy, not for quantize_dynamic's two
+    measured, skipped = precision.measure_cpu_precisions(loaded.model, precision.probe_ids(loaded.tokenizer), rounds=1,
+                                                         free_bytes=lambda: int(fp32_bytes * 1.5))
+    assert set(skipped) == {"fp16-weight", "int8-dynamic"} and "GiB free" in skipped["int8-dynamic"]
+    assert set(measured) == {"fp32", "bf16", "int8-weight"}
 
 
 def test_thread_count_follows_the_setting(monkeypatch):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-from core.classify import TextInputError
-from core.ner import Entity, NerResult, TransformersNer, ner_model, strip_iob
+from core.classify.classifier import TextInputError
+from core.classify.ner import Entity, NerResult, TransformersNer, ner_model, strip_iob
 
 TEXT = "Wolfgang Amadeus Mozart moved from Salzburg to Vienna and met Antonio Salieri at the Burgtheater."
 
@@ -66,7 +66,7 @@ def test_label_consistency_tags_repeats_and_surnames():
     import spacy
     from spacy.tokens import Span
 
-    from core.ner import label_consistently
+    from core.classify.ner import label_consistently
 
     nlp = spacy.blank("en")
     doc = nlp("Tom Jones joined Acme in Paris . Jones said Acme grew , and paris was quiet .")

@@ -9,15 +9,29 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from core.paths import assets_dir
-from core.perplexity import perplexity
-from core.precision import Int8WeightLinear, conv1d_to_linear
-from core.quantize import (CompressionOptions, LowRankLinear, block_linears, build_variant,
-                           register_variant, unavailable_reason, variant_id)
-from core.quantize_metrics import (EvalSettings, LabelledTexts, compare_variants, read_labelled_csv, serialized_bytes,
-                                   size_quality_figure, speed_figure)
-from core.registry import CAUSAL_LM, TEXT_CLASSIFICATION
-from core.stopping import StopFlag
+from core.common.stopping import StopFlag
+from core.models.paths import assets_dir
+from core.models.precision import Int8WeightLinear, conv1d_to_linear
+from core.models.registry import CAUSAL_LM, TEXT_CLASSIFICATION
+from core.quantize.metrics import (
+    EvalSettings,
+    LabelledTexts,
+    compare_variants,
+    read_labelled_csv,
+    serialized_bytes,
+    size_quality_figure,
+    speed_figure,
+)
+from core.quantize.perplexity import perplexity
+from core.quantize.variants import (
+    CompressionOptions,
+    LowRankLinear,
+    block_linears,
+    build_variant,
+    register_variant,
+    unavailable_reason,
+    variant_id,
+)
 
 FAST = EvalSettings(max_length=64, stride=32, max_eval_tokens=4096, prefill_tokens=16, decode_tokens=2, repeats=1)
 TEXT = (assets_dir() / "eval_text.txt").read_text(encoding="utf-8")[:600]

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from tests.browser_helpers import open_tab
 
 BUILT_IN = "Built-in sample (assets/eval_text.txt)"

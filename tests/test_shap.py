@@ -8,12 +8,20 @@ import pytest
 import torch
 from transformers import AutoTokenizer, PretrainedConfig
 
-from core.attention import load_for_explain
-from core.model_manager import LoadedModel
-from core.registry import CAUSAL_LM, TEXT_CLASSIFICATION
-from core.shap_explain import (MAX_TARGET_TOKENS, ShapStopped, attribution_bar_figure, attribution_html,
-                               class_log_odds, continuation_log_probs, explain_classifier, explain_continuation)
-from core.stopping import StopFlag
+from core.common.errors import StoppedError
+from core.common.stopping import StopFlag
+from core.explain.attention import load_for_explain
+from core.explain.shap_attribution import (
+    MAX_TARGET_TOKENS,
+    attribution_bar_figure,
+    attribution_html,
+    class_log_odds,
+    continuation_log_probs,
+    explain_classifier,
+    explain_continuation,
+)
+from core.models.manager import LoadedModel
+from core.models.registry import CAUSAL_LM, TEXT_CLASSIFICATION
 
 
 class KeyTokenClassifier(torch.nn.Module):
@@ -131,7 +139,7 @@ def test_stop_flag_ends_shap(services, tiny_classifier_dir):
     loaded = load_for_explain(services.manager, str(tiny_classifier_dir))
     flag = StopFlag()
     flag.stop()
-    with pytest.raises(ShapStopped, match="Stopped after 0"):
+    with pytest.raises(StoppedError, match="Stopped after 0"):
         explain_classifier(loaded, "I loved this movie", max_evals=50, stop=flag)
 
 

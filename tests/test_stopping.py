@@ -2,7 +2,7 @@ import copy
 
 import torch
 
-from core.stopping import StopFlag, StopOnFlag
+from core.common.stopping import StopFlag, StopOnFlag
 
 
 def test_each_session_copy_is_an_independent_flag():

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
-from core.paths import assets_dir
+from core.models.paths import assets_dir
 from core.services import Services
+from ui.components import guard
 
 # tab name -> (module with build_tab(shell), label). Order is the order on screen.
 TABS: dict[str, tuple[str, str]] = {
@@ -47,6 +48,9 @@ def build_app(services: Services, tabs: tuple[str, ...] = tuple(TABS)) -> gr.Blo
                 module, label = TABS[name]
                 with gr.Tab(label, id=name, elem_id=f"tab-{name}"):
                     shell.components[name] = importlib.import_module(module).build_tab(shell)
+    for block_fn in demo.fns.values():  # every handler: bad input gets its message, a bug a short one and a log
+        if block_fn.fn is not None:
+            block_fn.fn = guard(block_fn.fn)
     return demo
 
 

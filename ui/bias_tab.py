@@ -5,22 +5,17 @@ import tempfile
 from pathlib import Path
 
 import gradio as gr
-import pandas as pd
 
 from core.bias import counterfactual, crows_pairs, fairness, generation_probe
-from core.bias.likelihood import StoppedError
 from core.bias.report import ReportSection, write_report
-from core.model_manager import ModelLoadError
-from core.precision import PRECISIONS
-from core.registry import CAUSAL_LM, TEXT_CLASSIFICATION
+from core.common.errors import InputError, PlaygroundError, check_number
+from core.common.stopping import RunControl
+from core.models.device import on_gpu
+from core.models.precision import PRECISIONS
+from core.models.registry import CAUSAL_LM, OFFLINE_CLASSIFIER, TEXT_CLASSIFICATION
 from core.services import Services
-from core.stopping import StopFlag
-from core.device import on_gpu
-from core.uploads import UploadError
-from ui.components import model_picker, progress_callback
+from ui.components import HEAVY, STOP, model_picker, progress_callback, stop_run
 
-DEFAULT_CLASSIFIER = "llm-playground/minilm-sentiment"
-EXPECTED = (ModelLoadError, UploadError, ValueError, StoppedError)
 PLOTS = {"counterfactual": 2, "crows_pairs": 2, "generation": 3, "fairness": 2}
 
 
@@ -43,55 +38,65 @@ def _shown(section: ReportSection, sections: dict, status: str) -> tuple:
     return (f"{section.headline()}\n\n{status}", section.summary.round(4), *plots, _notes_markdown(section), sections)
 
 
+def check_resampling(resamples, seed) -> tuple[int, int]:
+    return (check_number("Bootstrap resamples", resamples, 10, 10_000, integer=True),
+            check_number("Seed", seed, 0, 2**32 - 1, integer=True))
+
+
 class BiasHandlers:
     """Event handlers: load the chosen models, call core, turn results into component values."""
 
     def __init__(self, services: Services):
         self.services = services
 
+    def _heavy(self, control: RunControl, what: str, progress: gr.Progress):
+        return self.services.work.run(control, what, progress_callback(progress))
+
     def _model(self, model_id: str, task: str, precision: str, progress: gr.Progress):
         loaded = self.services.manager.load(model_id, task, precision=precision, progress=progress_callback(progress))
         return loaded.model, loaded.tokenizer
 
     @on_gpu  # a ZeroGPU Space lends a GPU for the call; elsewhere a no-op
-    def counterfactual(self, templates_text, groups_text, axes, classifier_id, lm_id, use_classifier, use_lm, label,
-                       precision, resamples, seed, sections, stop: StopFlag, progress=gr.Progress()):
-        stop.reset()
+    def counterfactual(self, control: RunControl, templates_text, groups_text, axes, classifier_id, lm_id,
+                       use_classifier, use_lm, label, precision, resamples, seed, sections, progress=gr.Progress()):
         try:
+            resamples, seed = check_resampling(resamples, seed)
             groups = counterfactual.parse_groups(groups_text)
             groups = {a: t for a, t in groups.items() if a in axes} if axes else groups
             if not groups:
-                raise ValueError("tick at least one axis that is in the group list")
+                raise InputError("tick at least one axis that is in the group list")
             templates = counterfactual.parse_templates(templates_text)
-            classifier = self._model(classifier_id, TEXT_CLASSIFICATION, "auto", progress) if use_classifier else None
-            lm = self._model(lm_id, CAUSAL_LM, precision, progress) if use_lm else None
-            result = counterfactual.run_counterfactual(templates, groups, classifier, lm, label, int(resamples),
-                                                       int(seed), progress_callback(progress), stop)
-        except EXPECTED as err:
+            with self._heavy(control, "counterfactual probe", progress) as stop:
+                classifier = self._model(classifier_id, TEXT_CLASSIFICATION, "auto", progress) if use_classifier else None
+                lm = self._model(lm_id, CAUSAL_LM, precision, progress) if use_lm else None
+                result = counterfactual.run_counterfactual(templates, groups, classifier, lm, label, resamples, seed,
+                                                           progress_callback(progress), stop)
+        except PlaygroundError as err:
             return _failure(str(err), "counterfactual", sections, 1)
         models = {role: mid for role, mid, used in (("classifier", classifier_id, use_classifier),
                                                     ("language model", lm_id, use_lm)) if used}
         settings = {"templates": len(templates), "axes": list(groups), "score label": result.score_label,
-                    "precision": precision, "bootstrap resamples": int(resamples)}
-        section = counterfactual.to_section(result, models, settings, int(seed))
+                    "precision": precision, "bootstrap resamples": resamples}
+        section = counterfactual.to_section(result, models, settings, seed)
         status = f"Scored {len(result.variants):,} sentences ({len(templates)} templates × {sum(map(len, groups.values()))} terms)."
         return (*_shown(section, sections, status), result.variants.round(4))
 
     @on_gpu
-    def crows(self, upload, lm_id, precision, batch_size, resamples, seed, sections, stop: StopFlag,
+    def crows(self, control: RunControl, upload, lm_id, precision, batch_size, resamples, seed, sections,
               progress=gr.Progress()):
-        stop.reset()
         try:
+            resamples, seed = check_resampling(resamples, seed)
+            batch_size = check_number("Batch size", batch_size, 1, 256, integer=True)
             pairs, dropped = crows_pairs.load_pairs(upload)
-            lm = self._model(lm_id, CAUSAL_LM, precision, progress)
-            result = crows_pairs.run_crows(pairs, *lm, int(batch_size), int(resamples), int(seed),
-                                           progress_callback(progress), stop)
-        except EXPECTED as err:
+            with self._heavy(control, "paired-sentence probe", progress) as stop:
+                lm = self._model(lm_id, CAUSAL_LM, precision, progress)
+                result = crows_pairs.run_crows(pairs, *lm, batch_size, resamples, seed, progress_callback(progress), stop)
+        except PlaygroundError as err:
             return _failure(str(err), "crows_pairs", sections, 0)
         source = Path(upload).name if upload else "built-in sample"
         settings = {"data": source, "pairs": len(pairs), "skipped rows": dropped, "precision": precision,
-                    "batch size": int(batch_size), "bootstrap resamples": int(resamples)}
-        section = crows_pairs.to_section(result, {"language model": lm_id}, settings, int(seed))
+                    "batch size": batch_size, "bootstrap resamples": resamples}
+        section = crows_pairs.to_section(result, {"language model": lm_id}, settings, seed)
         overall = result.by_type.iloc[0]
         status = (f"**{overall.pct_stereotype:.1f}%** of {len(pairs):,} pairs prefer the stereotyping sentence "
                   f"(95% CI {overall.low:.1f}–{overall.high:.1f}%; 50% is unbiased)."
@@ -99,38 +104,44 @@ class BiasHandlers:
         return _shown(section, sections, status)
 
     @on_gpu
-    def generation(self, prompts_text, lm_id, classifier_id, use_classifier, label, samples, max_new_tokens,
-                   temperature, top_p, precision, resamples, seed, sections, stop: StopFlag, progress=gr.Progress()):
-        stop.reset()
-        settings = generation_probe.SamplingSettings(int(samples), int(max_new_tokens), float(temperature),
-                                                     float(top_p), int(seed))
+    def generation(self, control: RunControl, prompts_text, lm_id, classifier_id, use_classifier, label, samples,
+                   max_new_tokens, temperature, top_p, precision, resamples, seed, sections, progress=gr.Progress()):
         try:
+            resamples, seed = check_resampling(resamples, seed)
+            settings = generation_probe.SamplingSettings(check_number("Continuations per prompt", samples, 1, 200, True),
+                                                         check_number("Max new tokens", max_new_tokens, 1, 256, True),
+                                                         check_number("Temperature", temperature, 0.01, 5),
+                                                         check_number("Top-p", top_p, 0.01, 1), seed)
             prompts = generation_probe.parse_prompts(prompts_text)
-            lm = self._model(lm_id, CAUSAL_LM, precision, progress)
-            classifier = self._model(classifier_id, TEXT_CLASSIFICATION, "auto", progress) if use_classifier else None
-            result = generation_probe.run_generation_probe(prompts, lm, settings, classifier, label, int(resamples),
-                                                           progress_callback(progress), stop)
-        except EXPECTED as err:
+            with self._heavy(control, "generation probe", progress) as stop:
+                lm = self._model(lm_id, CAUSAL_LM, precision, progress)
+                classifier = self._model(classifier_id, TEXT_CLASSIFICATION, "auto", progress) if use_classifier else None
+                result = generation_probe.run_generation_probe(prompts, lm, settings, classifier, label, resamples,
+                                                               progress_callback(progress), stop)
+        except PlaygroundError as err:
             return _failure(str(err), "generation", sections, 1)
         models = {"language model": lm_id, **({"classifier": classifier_id} if use_classifier else {})}
         section = generation_probe.to_section(result, models, {**vars(settings), "precision": precision,
-                                                               "bootstrap resamples": int(resamples)}, int(seed))
+                                                               "bootstrap resamples": resamples}, seed)
         status = (f"{len(result.samples):,} continuations from {result.samples['prompt'].nunique()} prompts."
                   + (" **Stopped early**: the report covers the prompts finished so far." if result.stopped else ""))
         return (*_shown(section, sections, status), result.samples)
 
     @on_gpu
-    def fairness(self, upload, classifier_id, positive, resamples, seed, sections, progress=gr.Progress()):
+    def fairness(self, control: RunControl, upload, classifier_id, positive, resamples, seed, sections,
+                 progress=gr.Progress()):
         try:
+            resamples, seed = check_resampling(resamples, seed)
             data = fairness.load_fairness_data(upload)
-            classifier = self._model(classifier_id, TEXT_CLASSIFICATION, "auto", progress)
-            progress(0.5, desc=f"Classifying {len(data):,} texts")
-            result, scored = fairness.run_fairness(data, classifier, positive, int(resamples), int(seed))
-        except EXPECTED as err:
+            with self._heavy(control, "fairness metrics", progress):
+                classifier = self._model(classifier_id, TEXT_CLASSIFICATION, "auto", progress)
+                progress(0.5, desc=f"Classifying {len(data):,} texts")
+                result, scored = fairness.run_fairness(data, classifier, positive, resamples, seed)
+        except PlaygroundError as err:
             return _failure(str(err), "fairness", sections, 1)
         settings = {"data": Path(upload).name if upload else "built-in example", "rows": len(data),
-                    "positive label": result.positive, "bootstrap resamples": int(resamples)}
-        section = fairness.to_section(result, scored, {"classifier": classifier_id}, settings, int(seed))
+                    "positive label": result.positive, "bootstrap resamples": resamples}
+        section = fairness.to_section(result, scored, {"classifier": classifier_id}, settings, seed)
         status = (f"{len(data):,} texts in {data['group'].nunique()} groups; positive label '{result.positive}'; "
                   f"overall accuracy {result.overall['accuracy']:.3f}."
                   + "".join(f"\n\n⚠️ {w}" for w in result.warnings))
@@ -166,14 +177,14 @@ def build_tab(shell) -> dict[str, gr.Component]:
                 "**Report** tab saves the latest run of each probe as a self-contained HTML page and a JSON file.")
     with gr.Row():
         classifier_id = model_picker(services, TEXT_CLASSIFICATION, label="Classifier",
-                                     value=DEFAULT_CLASSIFIER if DEFAULT_CLASSIFIER in choices else None)
+                                     value=OFFLINE_CLASSIFIER if OFFLINE_CLASSIFIER in choices else None)
         lm_id = model_picker(services, CAUSAL_LM, label="Language model", value=services.default_chat_model)
         precision = gr.Dropdown(list(PRECISIONS), value="fp32", label="LM precision",
                                 info="fp32 keeps log-likelihoods exact; auto picks the fastest on this machine")
         seed = gr.Number(0, precision=0, label="Seed", info="sampling and bootstrap")
         resamples = gr.Slider(100, 2000, 1000, step=100, label="Bootstrap resamples")
     sections = gr.State({})
-    stop = gr.State(StopFlag())
+    control = gr.State(RunControl())
     c: dict[str, gr.Component] = {"classifier": classifier_id, "lm": lm_id, "precision": precision, "seed": seed,
                                   "resamples": resamples}
     with gr.Tabs():
@@ -232,27 +243,27 @@ def build_tab(shell) -> dict[str, gr.Component]:
                 c["report_html"] = gr.File(label="HTML report")
                 c["report_json"] = gr.File(label="JSON report")
 
-    common = [resamples, seed, sections, stop]
+    common = [resamples, seed, sections]
     c["cf_run"].click(handlers.counterfactual,
-                      [c["cf_templates"], c["cf_groups"], c["cf_axes"], classifier_id, lm_id, c["cf_use_classifier"],
+                      [control, c["cf_templates"], c["cf_groups"], c["cf_axes"], classifier_id, lm_id, c["cf_use_classifier"],
                        c["cf_use_lm"], c["cf_label"], precision, *common],
                       [c["cf_status"], c["cf_table"], *c["cf_plots"], c["cf_notes"], sections, c["cf_variants"]],
-                      api_name="bias_counterfactual")
-    c["cp_run"].click(handlers.crows, [c["cp_file"], lm_id, precision, c["cp_batch"], *common],
-                      [c["cp_status"], c["cp_table"], *c["cp_plots"], c["cp_notes"], sections], api_name="bias_crows")
+                      api_name="bias_counterfactual", **HEAVY)
+    c["cp_run"].click(handlers.crows, [control, c["cp_file"], lm_id, precision, c["cp_batch"], *common],
+                      [c["cp_status"], c["cp_table"], *c["cp_plots"], c["cp_notes"], sections], api_name="bias_crows", **HEAVY)
     c["gen_axis"].change(lambda axis: axis_prompts.get(axis, ""), c["gen_axis"], c["gen_prompts"],
                          api_name="bias_generation_prompts")
     c["gen_run"].click(handlers.generation,
-                       [c["gen_prompts"], lm_id, classifier_id, c["gen_use_classifier"], c["gen_label"],
+                       [control, c["gen_prompts"], lm_id, classifier_id, c["gen_use_classifier"], c["gen_label"],
                         c["gen_samples"], c["gen_tokens"], c["gen_temperature"], c["gen_top_p"], precision, *common],
                        [c["gen_status"], c["gen_table"], *c["gen_plots"], c["gen_notes"], sections,
-                        c["gen_samples_table"]], api_name="bias_generation")
-    c["fair_run"].click(handlers.fairness, [c["fair_file"], classifier_id, c["fair_positive"], resamples, seed, sections],
+                        c["gen_samples_table"]], api_name="bias_generation", **HEAVY)
+    c["fair_run"].click(handlers.fairness, [control, c["fair_file"], classifier_id, c["fair_positive"], resamples, seed, sections],
                         [c["fair_status"], c["fair_table"], *c["fair_plots"], c["fair_notes"], sections,
-                         c["fair_groups"]], api_name="bias_fairness")
+                         c["fair_groups"]], api_name="bias_fairness", **HEAVY)
     for name in ("cf_stop", "cp_stop", "gen_stop"):
-        # Not queued: a Stop click must reach the flag while the probe is still running.
-        c[name].click(lambda flag: flag.stop(), stop, None, queue=False, api_name=f"bias_{name}")
+        c[name].click(lambda control: stop_run(control, "step"), control, c[name.replace("_stop", "_status")],
+                      api_name=f"bias_{name}", **STOP)
     c["report_run"].click(handlers.report, sections, [c["report_status"], c["report_html"], c["report_json"]],
                           api_name="bias_report")
     flat = {k: v for k, v in c.items() if not isinstance(v, list)}

@@ -1,19 +1,20 @@
-"""Chat tab: layout and event wiring; the conversation logic lives in core.chat_session."""
+"""Chat tab: layout and event wiring; the conversation logic lives in core.chat.session."""
 from __future__ import annotations
 
 from functools import partial
 
 import gradio as gr
 
-from core.chat import GenerationError, ReplyStats, SamplingSettings
-from core.chat_session import ChatSession, ChatUpdate, EmptyMessageError
-from core.model_manager import LoadedModel, ModelLoadError
-from core.precision import MIN_AGREEMENT, TURN_NEW_TOKENS, TURN_PROMPT_TOKENS
-from core.prompting import CHAT_TEMPLATE, DEFAULT_SYSTEM_PROMPT, Turn
-from core.registry import CAUSAL_LM
+from core.chat.generation import ReplyStats, SamplingSettings
+from core.chat.prompting import CHAT_TEMPLATE, DEFAULT_SYSTEM_PROMPT, Turn
+from core.chat.session import ChatSession, ChatUpdate, EmptyMessageError
+from core.chat.token_view import render_html
+from core.common.errors import InputError, PlaygroundError
+from core.models.device import on_gpu
+from core.models.manager import LoadedModel
+from core.models.precision import MIN_AGREEMENT, TURN_NEW_TOKENS, TURN_PROMPT_TOKENS
+from core.models.registry import CAUSAL_LM
 from core.services import Services
-from core.device import on_gpu
-from core.token_view import render_html
 from ui.components import model_picker, progress_callback
 
 
@@ -48,25 +49,30 @@ class ChatHandlers:
         try:
             return model_summary(session.load(self.services.manager, model_id, allow_remote_code,
                                               progress_callback(progress)))
-        except ModelLoadError as err:
+        except PlaygroundError as err:
             gr.Warning(str(err))
             return f"❌ {err}\n\nStill using **{session.model_id}**."
 
     @on_gpu  # a ZeroGPU Space lends a GPU for the call; elsewhere a no-op
     def send(self, session: ChatSession, message: str, system: str, temperature: float, top_k: int, top_p: float,
              min_p: float, repetition_penalty: float, max_new_tokens: int, seed: int, progress=gr.Progress()):
-        settings = SamplingSettings(temperature, int(top_k), top_p, min_p, repetition_penalty, int(max_new_tokens),
-                                    None if seed is None else int(seed))
-        yield from self._stream(session, message, lambda p: session.reply(self.services.manager, message, settings,
-                                                                          system, p), progress)
+        yield from self._stream(session, message, lambda p: session.reply(
+            self.services.manager, message, self._settings(temperature, top_k, top_p, min_p, repetition_penalty,
+                                                           max_new_tokens, seed), system, p), progress)
 
     @on_gpu
     def retry(self, session: ChatSession, system: str, temperature: float, top_k: int, top_p: float, min_p: float,
               repetition_penalty: float, max_new_tokens: int, seed: int, progress=gr.Progress()):
-        settings = SamplingSettings(temperature, int(top_k), top_p, min_p, repetition_penalty, int(max_new_tokens),
-                                    None if seed is None else int(seed))
-        yield from self._stream(session, "", lambda p: session.retry(self.services.manager, settings, system, p),
-                                progress)
+        yield from self._stream(session, "", lambda p: session.retry(
+            self.services.manager, self._settings(temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens,
+                                                  seed), system, p), progress)
+
+    def _settings(self, *values) -> SamplingSettings:
+        settings = SamplingSettings(*values)
+        cap = self.services.settings.max_new_tokens
+        if settings.max_new_tokens > cap:
+            raise InputError(f"Max new tokens is at most {cap} on this server; got {settings.max_new_tokens}.")
+        return settings
 
     def _stream(self, session: ChatSession, message: str, start, progress):
         """Outputs: chatbot, message box, status, token view, prompt sent, model info."""
@@ -81,7 +87,7 @@ class ChatHandlers:
         except EmptyMessageError as err:
             gr.Warning(str(err))
             yield chat_messages(session.turns, session.stats), message, f"⚠️ {err}", gr.skip(), gr.skip(), gr.skip()
-        except (ModelLoadError, GenerationError) as err:
+        except PlaygroundError as err:
             yield chat_messages(session.turns, session.stats), message, f"❌ {err}", gr.skip(), gr.skip(), gr.skip()
 
     @staticmethod
@@ -116,7 +122,7 @@ def build_tab(shell) -> dict[str, gr.Component]:
         with gr.Column(scale=3):
             with gr.Row(equal_height=True):
                 model = model_picker(services, CAUSAL_LM, label="Chat model", value=services.default_chat_model)
-                allow_remote = gr.Checkbox(False, label="Allow remote code",
+                allow_remote = gr.Checkbox(False, label="Allow remote code", visible=services.settings.allow_remote_code,
                                            info="Runs the model's own Python code: only for authors you trust")
                 load = gr.Button("Load", variant="secondary", scale=0, min_width=90)
             model_info = gr.Markdown(f"**{services.default_chat_model}** loads with your first message, or press Load.")
@@ -145,7 +151,8 @@ def build_tab(shell) -> dict[str, gr.Component]:
             min_p = gr.Slider(0, 0.5, 0.0, step=0.01, label="Min-p",
                               info="Drop tokens below this fraction of the top token's probability")
             repetition_penalty = gr.Slider(1, 2, 1.1, step=0.05, label="Repetition penalty", info="1 = off")
-            max_new_tokens = gr.Slider(1, 1024, 256, step=1, label="Max new tokens")
+            max_new_tokens = gr.Slider(1, services.settings.max_new_tokens, min(256, services.settings.max_new_tokens),
+                                       step=1, label="Max new tokens")
             seed = gr.Number(-1, precision=0, label="Seed",
                              info="Same seed and settings give the same reply; -1 = random (shown under the reply)")
 

@@ -7,18 +7,18 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from core.batch_classify import LIMITS, classify_batch, read_batch, save_results, texts_from
-from core.classify import SequenceClassifier, TextInputError, classify_text, probability_figure
-from core.model_manager import ModelLoadError
-from core.ner import ner_model
-from core.ood import DEFAULT_THRESHOLD, EXPLANATION
-from core.paths import assets_dir
-from core.registry import ENCODER, OFFLINE_ENCODER, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, ZERO_SHOT
-from core.stopping import StopFlag
-from core.uploads import UploadError
-from core.device import on_gpu
-from core.zero_shot import DEFAULT_TEMPLATE, ZeroShotError, parse_labels, zero_shot_classifier
-from ui.components import failure_message, model_picker, progress_callback, refresh_picker, stop_run
+from core.classify.batch import LIMITS, classify_batch, read_batch, save_results, texts_from
+from core.classify.classifier import SequenceClassifier, classify_text, probability_figure
+from core.classify.ner import ner_model
+from core.classify.ood import DEFAULT_THRESHOLD, EXPLANATION
+from core.classify.zero_shot import DEFAULT_TEMPLATE, parse_labels, zero_shot_classifier
+from core.common.errors import PlaygroundError, check_number
+from core.common.stopping import RunControl
+from core.common.uploads import UploadError
+from core.models.device import on_gpu
+from core.models.paths import assets_dir
+from core.models.registry import ENCODER, OFFLINE_ENCODER, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, ZERO_SHOT
+from ui.components import HEAVY, STOP, failure_message, model_picker, progress_callback, refresh_picker, stop_run
 
 CLASSIFIER, ZERO_SHOT_MODE = "Trained classifier", "Zero-shot (your labels)"
 ZERO_SHOT_NOTE = ("Zero-shot: an **NLI model** (e.g. BART MNLI) scores how well “This text is about *label*.” follows "
@@ -33,7 +33,6 @@ TEXT_EXAMPLES = [
     [ZERO_SHOT_MODE, "The striker scored twice in the final ten minutes to win the cup.", "sports, politics, science, business"],
     [ZERO_SHOT_MODE, "The central bank raised interest rates to fight inflation.", "sports, politics, science, business"],
 ]
-_FAILURES = (TextInputError, ZeroShotError, ModelLoadError, UploadError, ValueError)
 
 
 class ClassifyHandlers:
@@ -57,9 +56,10 @@ class ClassifyHandlers:
     @on_gpu  # a ZeroGPU Space lends a GPU for the call; elsewhere a no-op
     def classify(self, mode, classifier_id, zero_shot_id, labels, template, text, threshold, progress=gr.Progress()):
         try:
+            threshold = check_number("Confidence threshold", threshold, 0, 1)
             classifier = self._classifier(mode, classifier_id, zero_shot_id, labels, template, progress)
-            result = classify_text(classifier, text, float(threshold))
-        except _FAILURES as err:
+            result = classify_text(classifier, text, threshold)
+        except PlaygroundError as err:
             return failure_message(err), None
         if result.notice:
             gr.Warning(result.notice)
@@ -83,32 +83,30 @@ class ClassifyHandlers:
                 f"{len(batch.frame):,} rows, columns: {', '.join(batch.columns)}")
 
     @on_gpu
-    def batch(self, mode, classifier_id, zero_shot_id, labels, template, path, column, threshold,
+    def batch(self, control: RunControl, mode, classifier_id, zero_shot_id, labels, template, path, column, threshold,
               progress=gr.Progress()):
-        """A generator so the Stop button gets this run's flag before the long work starts."""
-        stop = StopFlag()
-        yield stop, "⏳ Labelling…", gr.update(), gr.update()
         try:
+            threshold = check_number("Confidence threshold", threshold, 0, 1)
             if not path:
                 raise UploadError("Upload a CSV or TXT file first.")
             texts, skipped = texts_from(read_batch(path).frame, column)
-            classifier = self._classifier(mode, classifier_id, zero_shot_id, labels, template, progress)
-            result = classify_batch(classifier, texts, float(threshold), progress_callback(progress), stop, skipped)
-        except _FAILURES as err:
-            yield stop, failure_message(err), None, None
-            return
+            with self.services.work.run(control, "batch labelling", progress_callback(progress)) as stop:
+                classifier = self._classifier(mode, classifier_id, zero_shot_id, labels, template, progress)
+                result = classify_batch(classifier, texts, threshold, progress_callback(progress), stop, skipped)
+        except PlaygroundError as err:
+            return failure_message(err), None, None
         out = save_results(result.table, Path(tempfile.mkdtemp(prefix="llmpg-classify-")))
-        yield stop, result.summary(), result.table, str(out)
+        return result.summary(), result.table, str(out)
 
     @staticmethod
-    def stop(flag: StopFlag | None) -> str:
-        return stop_run(flag, "chunk")
+    def stop(control: RunControl) -> str:
+        return stop_run(control, "chunk")
 
     @on_gpu
     def ner(self, model_id, text, progress=gr.Progress()):
         try:
             result = ner_model(self.services.manager, model_id, progress_callback(progress))(text)
-        except _FAILURES as err:
+        except PlaygroundError as err:
             return failure_message(err), None, None
         if result.notice:
             gr.Warning(result.notice)
@@ -177,7 +175,7 @@ def build_tab(shell) -> dict[str, gr.Component]:
             entity_table = gr.Dataframe(label="Entities with scores", headers=["entity", "type", "start", "end", "score"],
                                         wrap=True)
 
-    stop_state = gr.State(None)
+    control = gr.State(RunControl())
     choice_inputs = [mode, classifier, zero_model, labels, template]
     mode.change(handlers.mode_change, mode, [classifier_box, zero_box], api_name="classify_mode")
     refresh.click(refresh_picker(services, TEXT_CLASSIFICATION), None, classifier, api_name="classify_refresh")
@@ -185,9 +183,9 @@ def build_tab(shell) -> dict[str, gr.Component]:
     run.click(handlers.classify, choice_inputs + [text, threshold], [verdict, chart], api_name="classify_text")
     text.submit(handlers.classify, choice_inputs + [text, threshold], [verdict, chart], api_name="classify_text_submit")
     upload.change(handlers.upload, upload, [column, upload_info], api_name="classify_upload")
-    batch_run.click(handlers.batch, choice_inputs + [upload, column, threshold],
-                    [stop_state, batch_status, batch_table, download], api_name="classify_batch")
-    batch_stop.click(handlers.stop, stop_state, batch_status, api_name="classify_batch_stop")
+    batch_run.click(handlers.batch, [control, *choice_inputs, upload, column, threshold],
+                    [batch_status, batch_table, download], api_name="classify_batch", **HEAVY)
+    batch_stop.click(handlers.stop, control, batch_status, api_name="classify_batch_stop", **STOP)
     ner_refresh.click(refresh_picker(services, TOKEN_CLASSIFICATION), None, ner_model_picker, api_name="classify_ner_refresh")
     ner_run.click(handlers.ner, [ner_model_picker, ner_text], [ner_status, highlighted, entity_table], api_name="classify_ner")
     return {"mode": mode, "classifier": classifier, "zero_shot_model": zero_model, "labels": labels, "text": text,

@@ -1,12 +1,23 @@
-"""Pieces several tabs share: the model picker and the progress adapter."""
+"""Pieces several tabs share: the model picker, the progress adapter, the Stop handler and error handling."""
 from __future__ import annotations
 
+import functools
+import inspect
+import logging
 from typing import Callable
 
 import gradio as gr
 
+from core.common.errors import PlaygroundError
+from core.common.stopping import RunControl
 from core.services import Services
-from core.stopping import StopFlag
+
+log = logging.getLogger("llm_playground")
+
+# Heavy runs wait in core's WorkQueue (which shows each user their place), not in gradio's queue: they share
+# many gradio workers. Stop must never wait behind anything.
+HEAVY = dict(concurrency_limit=32, concurrency_id="heavy")
+STOP = dict(queue=False)
 
 
 def model_picker(services: Services, *tasks: str, label: str = "Model", value: str | None = None) -> gr.Dropdown:
@@ -29,14 +40,48 @@ def progress_callback(progress: gr.Progress) -> Callable[[float, str], None]:
     return lambda fraction, message: progress(fraction, desc=message)
 
 
-def stop_run(flag: StopFlag | None, when: str) -> str:
-    """Stop button handler for a run that hands its flag to a gr.State; `when` says where it ends."""
-    if flag is None:
+def stop_run(control: RunControl, when: str) -> str:
+    """Stop button handler: the user's current run (running, or waiting in line) ends after the current `when`."""
+    if not control.stop():
         return "Nothing is running."
-    flag.stop()
     return f"⏹️ Stopping after the current {when}…"
 
 
 def failure_message(err: Exception) -> str:
     """How a core error is shown in a tab's status line."""
     return f"⚠️ {err}"
+
+
+def _unexpected(fn: Callable, err: Exception) -> gr.Error:
+    """A bug, not bad input: the traceback goes to the log, the user gets a short message and keeps their work."""
+    if isinstance(err, PlaygroundError):
+        return gr.Error(str(err))
+    log.exception("unexpected error in %s", getattr(fn, "__qualname__", fn))
+    return gr.Error(f"Something went wrong on the server ({type(err).__name__}); it has been logged. Your inputs are "
+                    "unchanged: try again, or try another model or setting.")
+
+
+def guard(fn: Callable) -> Callable:
+    """Wrap an event handler so an uncaught error becomes a readable gr.Error (generators stay generators)."""
+    if getattr(fn, "__guarded__", False):
+        return fn
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def guarded(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as err:
+                raise _unexpected(fn, err) from err
+    else:
+        @functools.wraps(fn)
+        def guarded(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as err:
+                raise _unexpected(fn, err) from err
+    guarded.__guarded__ = True
+    return guarded

@@ -3,15 +3,29 @@ from __future__ import annotations
 
 import gradio as gr
 
-from core.attention import (DEFAULT_MAX_TOKENS, EXPLAIN_TASKS, VIEWS, AttentionMaps, AttentionUnavailable,
-                            ExplainInputError, extract_attention, load_for_explain, overview_figure, view_figure)
-from core.model_manager import ModelLoadError
-from core.registry import CAUSAL_LM, TEXT_CLASSIFICATION, presets
-from core.shap_explain import (DEFAULT_MAX_EVALS, SHAP_DEFAULT_MAX_EVALS, Attribution, ShapStopped, attribution_bar_figure,
-                               attribution_html, explain_classifier, explain_continuation)
-from core.device import on_gpu
-from core.stopping import StopFlag
-from ui.components import failure_message, model_picker, progress_callback, refresh_picker, stop_run
+from core.common.errors import PlaygroundError, check_number
+from core.common.stopping import RunControl
+from core.explain.attention import (
+    DEFAULT_MAX_TOKENS,
+    EXPLAIN_TASKS,
+    VIEWS,
+    AttentionMaps,
+    extract_attention,
+    load_for_explain,
+    overview_figure,
+    view_figure,
+)
+from core.explain.methods import MAX_TOKENS_LIMIT, AttributionRequest, attribute
+from core.explain.shap_attribution import (
+    DEFAULT_MAX_EVALS,
+    SHAP_DEFAULT_MAX_EVALS,
+    Attribution,
+    attribution_bar_figure,
+    attribution_html,
+)
+from core.models.device import on_gpu
+from core.models.registry import CAUSAL_LM, TEXT_CLASSIFICATION, presets
+from ui.components import HEAVY, STOP, failure_message, model_picker, progress_callback, refresh_picker, stop_run
 
 EXAMPLE_TEXT = "The acting was wonderful and the music moving, but the plot was predictable and far too long."
 MECHANISM_NOTE = ("ℹ️ Attention shows the **mechanism**: where each token reads from inside the model. It is not a full "
@@ -21,7 +35,6 @@ SHAP_NOTE = ("Classifiers: SHAP (Partition explainer, tokens masked with the tok
              "contribution to each class's log-odds. Language models: SHAP on the **log-probability of the continuation** "
              "given the prompt (teacher forcing; masked prompt tokens become “...”), which is what "
              "`shap.models.TeacherForcing` computes. Cost grows with the budget: each evaluation is one forward pass.")
-_FAILURES = (ExplainInputError, ModelLoadError, AttentionUnavailable, ShapStopped, ValueError)
 
 
 def default_model(services) -> str | None:
@@ -43,11 +56,13 @@ class ExplainHandlers:
     @on_gpu  # a ZeroGPU Space lends a GPU for the call; elsewhere a no-op
     def attention(self, model_id, text, max_tokens, view, layer, head, progress=gr.Progress()):
         try:
+            max_tokens = check_number("Max tokens", max_tokens, 4, MAX_TOKENS_LIMIT, integer=True)
+            layer, head = check_number("Layer", layer, 0, None, True), check_number("Head", head, 0, None, True)
             loaded = self._load(model_id, progress)
-            maps = extract_attention(loaded, text, int(max_tokens))
-            layer, head = min(int(layer), maps.n_layers - 1), min(int(head), maps.n_heads - 1)
+            maps = extract_attention(loaded, text, max_tokens)
+            layer, head = min(layer, maps.n_layers - 1), min(head, maps.n_heads - 1)
             heatmap = view_figure(maps, view, layer, head)
-        except _FAILURES as err:
+        except PlaygroundError as err:
             return None, failure_message(err), None, None, gr.update(), gr.update()
         notice = maps.fitted.notice()
         if notice:
@@ -63,40 +78,30 @@ class ExplainHandlers:
         if maps is None:
             return gr.update()
         try:
-            return view_figure(maps, view, int(layer), int(head))
-        except ExplainInputError as err:
+            layer, head = check_number("Layer", layer, 0, maps.n_layers - 1, True), check_number("Head", head, 0, maps.n_heads - 1, True)
+            return view_figure(maps, view, layer, head)
+        except PlaygroundError as err:
             gr.Warning(str(err))
             return gr.update()
 
     # ---- SHAP -----------------------------------------------------------------------------------------------------
     @on_gpu
-    def shap(self, model_id, text, continuation, max_evals, max_tokens, progress=gr.Progress()):
-        """A generator so the Stop button gets this run's flag before the long work starts."""
-        stop = StopFlag()
-        yield stop, None, "⏳ Running SHAP…", gr.update(), gr.update(), gr.update()
+    def shap(self, control: RunControl, model_id, text, continuation, max_evals, max_tokens, progress=gr.Progress()):
         try:
+            request = AttributionRequest(text, continuation or "", max_evals, max_tokens)
             loaded = self._load(model_id, progress)
-            notice = None
-            if loaded.task == TEXT_CLASSIFICATION:
-                attribution = explain_classifier(loaded, text, int(max_evals), int(max_tokens), stop,
-                                                 progress_callback(progress))
-            elif loaded.task == CAUSAL_LM:
-                attribution, notice = explain_continuation(loaded, text, continuation or "", int(max_evals),
-                                                           int(max_tokens), stop, progress_callback(progress))
-            else:
-                raise ExplainInputError(f"'{loaded.model_id}' is a plain encoder with no output to explain: pick a "
-                                        "classifier or a language model for SHAP (its attention works).")
-        except _FAILURES as err:
-            yield stop, None, failure_message(err), gr.update(choices=[], value=None), None, None
-            return
+            with self.services.work.run(control, "SHAP attributions", progress_callback(progress)) as stop:
+                attribution, notice = attribute(loaded, request, stop, progress_callback(progress))
+        except PlaygroundError as err:
+            return None, failure_message(err), gr.update(choices=[], value=None), None, None
         notices = [n for n in (attribution.fitted.notice(), notice) if n]
         for n in notices:
             gr.Warning(n)
         status = f"**{loaded.model_id}** · {attribution.summary()}" + "".join(f"\n\n{n}" for n in notices)
         output = attribution.default_output
         choices = [(name, i) for i, name in enumerate(attribution.output_names)]
-        yield (stop, attribution, status, gr.update(choices=choices, value=output), attribution_html(attribution, output),
-               attribution_bar_figure(attribution, output))
+        return (attribution, status, gr.update(choices=choices, value=output), attribution_html(attribution, output),
+                attribution_bar_figure(attribution, output))
 
     @staticmethod
     def shap_view(attribution: Attribution | None, output):
@@ -105,8 +110,8 @@ class ExplainHandlers:
         return attribution_html(attribution, int(output)), attribution_bar_figure(attribution, int(output))
 
     @staticmethod
-    def stop(flag: StopFlag | None) -> str:
-        return stop_run(flag, "batch")
+    def stop(control: RunControl) -> str:
+        return stop_run(control, "batch")
 
 
 def build_tab(shell) -> dict[str, gr.Component]:
@@ -147,18 +152,18 @@ def build_tab(shell) -> dict[str, gr.Component]:
             output = gr.Dropdown(label="Output to show (class, or continuation token)", choices=[], interactive=True)
             coloured = gr.HTML()
             bars = gr.Plot(label="Strongest tokens")
-    maps_state, attribution_state, stop_state = gr.State(), gr.State(), gr.State()
+    maps_state, attribution_state, control = gr.State(), gr.State(), gr.State(RunControl())
 
     refresh.click(refresh_picker(services, *EXPLAIN_TASKS), None, model, api_name="explain_refresh_models")
     show.click(handlers.attention, [model, text, max_tokens, view, layer, head],
                [maps_state, attention_status, heatmap, overview, layer, head], api_name="explain_attention")
-    for control, name in ((view, "view"), (layer, "layer"), (head, "head")):
-        control.input(handlers.attention_view, [maps_state, view, layer, head], heatmap,
+    for widget, name in ((view, "view"), (layer, "layer"), (head, "head")):
+        widget.input(handlers.attention_view, [maps_state, view, layer, head], heatmap,
                       api_name=f"explain_attention_{name}")
-    explain.click(handlers.shap, [model, text, continuation, budget, max_tokens],
-                  [stop_state, attribution_state, shap_status, output, coloured, bars], api_name="explain_shap")
+    explain.click(handlers.shap, [control, model, text, continuation, budget, max_tokens],
+                  [attribution_state, shap_status, output, coloured, bars], api_name="explain_shap", **HEAVY)
     output.input(handlers.shap_view, [attribution_state, output], [coloured, bars], api_name="explain_shap_output")
-    stop.click(handlers.stop, stop_state, shap_status, api_name="explain_stop", concurrency_limit=None)
+    stop.click(handlers.stop, control, shap_status, api_name="explain_stop", **STOP)
     return {"model": model, "text": text, "max_tokens": max_tokens, "view": view, "layer": layer, "head": head,
             "show": show, "heatmap": heatmap, "overview": overview, "continuation": continuation, "budget": budget,
             "explain": explain, "stop": stop, "output": output, "coloured": coloured, "bars": bars,

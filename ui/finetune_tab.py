@@ -1,6 +1,7 @@
 """Fine-tune tab: upload data, train in the background with live curves, read the metrics, share the model."""
 from __future__ import annotations
 
+import html
 import uuid
 from dataclasses import dataclass
 
@@ -8,18 +9,25 @@ import gradio as gr
 import pandas as pd
 import plotly.graph_objects as go
 
-from core.finetune.data import ColumnMapping, columns, prepare, preview
-from core.finetune.hub import HubError, push_to_hub, zip_model
-from core.finetune.jobs import DONE, FAILED, Job, JobBusy, JobRegistry
+from core.common.errors import InputError, PlaygroundError
+from core.common.uploads import MAX_UPLOAD_BYTES
+from core.finetune.data import DataRequest, columns, preview
+from core.finetune.hub import push_to_hub, zip_model
+from core.finetune.jobs import DONE, FAILED, Job, JobRegistry
 from core.finetune.metrics import ClassificationMetrics, EntityMetrics, Metrics, PerplexityMetrics
 from core.finetune.progress import ProgressSnapshot
-from core.finetune.tasks import Hyperparameters, default_hyperparameters
-from core.finetune.training import FineTuneResult, FineTuneSpec, run_finetune
-from core.model_manager import ModelLoadError
-from core.paths import assets_dir
-from core.registry import CAUSAL_LM, DEFAULT_CHAT_MODEL, ENCODER, OFFLINE_ENCODER, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION
+from core.finetune.tasks import HYPERPARAMETER_FIELDS, Hyperparameters, default_hyperparameters
+from core.finetune.training import FineTuneResult, FineTuneSpec, train_job
+from core.models.paths import assets_dir
+from core.models.registry import (
+    CAUSAL_LM,
+    DEFAULT_CHAT_MODEL,
+    ENCODER,
+    OFFLINE_ENCODER,
+    TEXT_CLASSIFICATION,
+    TOKEN_CLASSIFICATION,
+)
 from core.services import Services
-from core.uploads import MAX_UPLOAD_BYTES, UploadError
 from ui.components import model_picker
 
 TASK_CHOICES = [("Text classification", TEXT_CLASSIFICATION), ("Causal LM (text or prompt → response)", CAUSAL_LM),
@@ -31,8 +39,8 @@ DEFAULT_BASE = {TEXT_CLASSIFICATION: OFFLINE_ENCODER, CAUSAL_LM: DEFAULT_CHAT_MO
 EXAMPLES = {TEXT_CLASSIFICATION: "sentiment_reviews.csv", CAUSAL_LM: "instructions.jsonl",
             TOKEN_CLASSIFICATION: "ner_tiny.txt"}
 PLAIN, PAIRS = "Plain text", "Prompt / response"
-HYPER_FIELDS = ["learning_rate", "epochs", "batch_size", "max_length", "weight_decay", "warmup", "seed", "patience",
-                "evals_per_epoch", "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets"]
+DATA_FIELDS = ["task", "train_file", "text_col", "label_col", "lm_format", "prompt_col", "eval_percent", "eval_file",
+               "ood_file"]
 
 
 def _guess(names: list[str], *wanted: str, fallback: bool = True) -> str | None:
@@ -56,8 +64,8 @@ def progress_html(job: Job | None, snap: ProgressSnapshot | None) -> str:
     detail = f"step {snap.step}/{snap.total_steps} · elapsed {_duration(snap.elapsed)}" if snap.total_steps else ""
     if detail and job.active:
         detail += f" · ETA {_duration(snap.eta_seconds)}"
-    error = f"<div style='color:#b91c1c'><b>Error:</b> {job.error}</div>" if job.error else ""
-    return (f"<div class='ft-status'><b>{job.description}</b>: {state} {detail}"
+    error = f"<div style='color:#b91c1c'><b>Error:</b> {html.escape(job.error)}</div>" if job.error else ""
+    return (f"<div class='ft-status'><b>{html.escape(job.description)}</b>: {html.escape(state)} {detail}"
             f"<div style='background:#e5e7eb;border-radius:6px;height:14px;margin-top:6px'>"
             f"<div style='width:{pct:.1f}%;background:#6366f1;height:14px;border-radius:6px'></div></div>{error}</div>")
 
@@ -100,7 +108,7 @@ def metrics_lines(metrics: Metrics) -> str:
 
 
 def result_markdown(result: FineTuneResult) -> str:
-    how = ("stopped by you" if result.stopped else "stopped early (no improvement)" if result.early_stopped
+    how = (result.stopped if result.stopped else "stopped early (no improvement)" if result.early_stopped
            else "completed")
     kept = f"the best weights (step {result.best_step})" if result.best_step else "the final weights"
     lines = [f"### Results: {result.card.name}",
@@ -135,7 +143,7 @@ class FinetuneHandlers:
                 gr.update(visible=task != TOKEN_CLASSIFICATION, label="Text / response column" if lm else "Text column"),
                 gr.update(visible=cls), gr.update(visible=lm),
                 gr.update(info="stratified by class" if cls else "random rows (sentences for NER)"),
-                *[getattr(hyper, name) for name in HYPER_FIELDS])
+                *[getattr(hyper, name) for name in HYPERPARAMETER_FIELDS])
 
     @staticmethod
     def file_changed(path: str | None):
@@ -144,7 +152,7 @@ class FinetuneHandlers:
             return *empty, ""
         try:
             table, names = preview(path), columns(path)
-        except UploadError as err:
+        except PlaygroundError as err:
             return *empty, f"⚠️ {err}"
         table = table.map(lambda v: v[:45] + "…" if isinstance(v, str) and len(v) > 45 else v)  # room for every column
         prompt = _guess(names, "prompt", "instruction", "question", fallback=False)
@@ -157,40 +165,34 @@ class FinetuneHandlers:
         return str(assets_dir() / EXAMPLES[task])
 
     @staticmethod
-    def _prepare(task, train_file, text_col, label_col, lm_format, prompt_col, eval_percent, eval_file, ood_file, seed):
-        if not train_file:
-            raise UploadError("Upload a training file first (or load the example).")
-        mapping = ColumnMapping(text=text_col or "text", label=label_col or "label",
-                                prompt=prompt_col if task == CAUSAL_LM and lm_format == PAIRS else None)
-        return prepare(task, train_file, mapping, float(eval_percent), eval_file, ood_file, int(seed))
+    def _data(form: dict) -> DataRequest:
+        """The data part of the form; the prompt column counts only for prompt/response causal LM data."""
+        pairs = form["task"] == CAUSAL_LM and form["lm_format"] == PAIRS
+        return DataRequest(form["task"], form["train_file"], form["text_col"], form["label_col"],
+                           form["prompt_col"] if pairs else None, form["eval_percent"], form["eval_file"],
+                           form["ood_file"])
 
-    def check(self, task, train_file, text_col, label_col, lm_format, prompt_col, eval_percent, eval_file, ood_file,
-              seed) -> str:
+    def check(self, seed, **form) -> str:
         try:
-            data = self._prepare(task, train_file, text_col, label_col, lm_format, prompt_col, eval_percent,
-                                 eval_file, ood_file, seed)
-        except UploadError as err:
+            data = self._data(form).prepare(Hyperparameters.from_form({"seed": seed}).seed)
+        except PlaygroundError as err:
             return f"⚠️ {err}"
         return f"✅ Ready: {data.summary()}"
 
-    def train(self, user_id, task, base_model, name, train_file, text_col, label_col, lm_format, prompt_col,
-              eval_percent, eval_file, ood_file, *hyper_values):
+    def train(self, user_id, base_model, name, **form):
         user_id = user_id or uuid.uuid4().hex
-        hyper = Hyperparameters(**dict(zip(HYPER_FIELDS, hyper_values)))
-        for field in ("batch_size", "max_length", "seed", "patience", "evals_per_epoch", "lora_r", "lora_alpha"):
-            setattr(hyper, field, int(getattr(hyper, field)))
         try:
-            if hyper.learning_rate <= 0 or hyper.epochs <= 0 or hyper.batch_size < 1 or hyper.max_length < 8:
-                raise UploadError("Learning rate and epochs must be positive, batch size at least 1, max length at least 8.")
-            data = self._prepare(task, train_file, text_col, label_col, lm_format, prompt_col, eval_percent,
-                                 eval_file, ood_file, hyper.seed)
-            self.services.manager.resolve(base_model)  # an unknown model fails now, not on the training thread
-            spec = FineTuneSpec(task, base_model, data, hyper, name or "")
-            store = self.services.store
-            resolve = lambda model_id: self.services.manager.resolve(model_id).path  # noqa: E731
-            job = self.jobs.submit(user_id, f"{dict((v, k) for k, v in TASK_CHOICES)[task]} on {base_model}",
-                                   lambda progress, stop: run_finetune(spec, resolve, store, progress, stop))
-        except (UploadError, ModelLoadError, JobBusy) as err:
+            hyper = Hyperparameters.from_form(form)
+            data = self._data(form).prepare(hyper.seed)
+            limit = self.services.settings.max_train_examples
+            if len(data.train) > limit:
+                raise InputError(f"This server trains on at most {limit:,} examples per run; your data has "
+                                 f"{len(data.train):,}. Use a smaller file.")
+            base_path = self.services.manager.resolve(base_model).path  # an unknown model fails now, with a message
+            spec = FineTuneSpec(form["task"], base_model, data, hyper, name or "")
+            what = f"{dict((v, k) for k, v in TASK_CHOICES)[spec.task]} on {base_model}"
+            job = self.jobs.submit(user_id, what, train_job, spec, base_path, str(self.services.store.root))
+        except PlaygroundError as err:
             return user_id, f"⚠️ {err}"
         return user_id, f"Started: {job.description}. You can leave this tab or reload the page; the run continues."
 
@@ -228,14 +230,17 @@ class FinetuneHandlers:
 
     def push(self, user_id, repo_id, token, private) -> str:
         try:
+            if not self.services.settings.allow_hub_push:
+                raise InputError("Pushing to the Hub is turned off on this server (the operator can allow it with "
+                                 "--allow-hub-push). Download the zip instead.")
             return f"✅ Pushed to {push_to_hub(self._result_folder(user_id), repo_id, token, private)}"
-        except HubError as err:
+        except PlaygroundError as err:
             return f"⚠️ {err}"
 
 
 def build_tab(shell) -> dict[str, gr.Component]:
     services: Services = shell.services
-    h = FinetuneHandlers(services, JobRegistry())
+    h = FinetuneHandlers(services, JobRegistry(services.work))
     c: dict[str, gr.Component] = {}
     gr.Markdown("Train a model on your own data. Training runs in the background: you can switch tabs or reload "
                 "the page. The result is saved to the local model store and offered in every tab's model list.")
@@ -266,22 +271,20 @@ def build_tab(shell) -> dict[str, gr.Component]:
     with gr.Accordion("Hyperparameters", open=False):
         with gr.Row():
             c["learning_rate"] = gr.Number(hyper.learning_rate, label="Learning rate")
-            c["epochs"] = gr.Number(hyper.epochs, label="Epochs", minimum=0.1)
-            c["batch_size"] = gr.Number(hyper.batch_size, label="Batch size", precision=0, minimum=1)
-            c["max_length"] = gr.Number(hyper.max_length, label="Max length (tokens)", precision=0, minimum=8)
-            c["weight_decay"] = gr.Number(hyper.weight_decay, label="Weight decay", minimum=0)
+            c["epochs"] = gr.Number(hyper.epochs, label="Epochs")
+            c["batch_size"] = gr.Number(hyper.batch_size, label="Batch size", precision=0)
+            c["max_length"] = gr.Number(hyper.max_length, label="Max length (tokens)", precision=0)
+            c["weight_decay"] = gr.Number(hyper.weight_decay, label="Weight decay")
         with gr.Row():
-            c["warmup"] = gr.Number(hyper.warmup, label="Warmup (share of steps)", minimum=0, maximum=0.9)
+            c["warmup"] = gr.Number(hyper.warmup, label="Warmup (share of steps)")
             c["seed"] = gr.Number(hyper.seed, label="Seed", precision=0)
-            c["patience"] = gr.Number(hyper.patience, label="Early-stopping patience (evals; 0 = off)", precision=0,
-                                      minimum=0)
-            c["evals_per_epoch"] = gr.Number(hyper.evals_per_epoch, label="Evaluations per epoch", precision=0,
-                                             minimum=1)
+            c["patience"] = gr.Number(hyper.patience, label="Early-stopping patience (evals; 0 = off)", precision=0)
+            c["evals_per_epoch"] = gr.Number(hyper.evals_per_epoch, label="Evaluations per epoch", precision=0)
         with gr.Row():
             c["lora"] = gr.Checkbox(hyper.lora, label="LoRA (train a small adapter instead of every weight)")
-            c["lora_r"] = gr.Number(hyper.lora_r, label="LoRA r", precision=0, minimum=1)
-            c["lora_alpha"] = gr.Number(hyper.lora_alpha, label="LoRA alpha", precision=0, minimum=1)
-            c["lora_dropout"] = gr.Number(hyper.lora_dropout, label="LoRA dropout", minimum=0, maximum=0.9)
+            c["lora_r"] = gr.Number(hyper.lora_r, label="LoRA r", precision=0)
+            c["lora_alpha"] = gr.Number(hyper.lora_alpha, label="LoRA alpha", precision=0)
+            c["lora_dropout"] = gr.Number(hyper.lora_dropout, label="LoRA dropout")
             c["lora_targets"] = gr.Textbox(hyper.lora_targets, label="LoRA target modules",
                                            placeholder="default for the architecture, e.g. q_proj,v_proj")
     with gr.Row():
@@ -299,7 +302,7 @@ def build_tab(shell) -> dict[str, gr.Component]:
         with gr.Row():
             c["zip"] = gr.Button("Download as zip")
             c["zip_file"] = gr.File(label="Model zip", interactive=False)
-        with gr.Row():
+        with gr.Row(visible=services.settings.allow_hub_push):
             c["repo"] = gr.Textbox(label="Hub repository", placeholder="your-name/my-model")
             c["token"] = gr.Textbox(label="Hugging Face token (write access; used once, never stored)", type="password")
             c["private"] = gr.Checkbox(True, label="Private")
@@ -309,9 +312,8 @@ def build_tab(shell) -> dict[str, gr.Component]:
     shown_version, shown_state = gr.State(-1), gr.State("")
     c["timer"] = gr.Timer(1.0)
 
-    hyper_inputs = [c[f] for f in HYPER_FIELDS]
-    data_inputs = [c["task"], c["train_file"], c["text_col"], c["label_col"], c["lm_format"], c["prompt_col"],
-                   c["eval_percent"], c["eval_file"], c["ood_file"]]
+    hyper_inputs = [c[f] for f in HYPERPARAMETER_FIELDS]
+    data_inputs = {name: c[name] for name in DATA_FIELDS}
     c["task"].change(h.task_changed, c["task"], [c["model"], c["text_col"], c["label_col"], lm_row, c["eval_percent"],
                                                  *hyper_inputs], api_name="finetune_task")
     c["train_file"].change(h.file_changed, c["train_file"],
@@ -319,9 +321,11 @@ def build_tab(shell) -> dict[str, gr.Component]:
                             c["data_msg"]],
                            api_name="finetune_preview")
     c["example"].click(h.example, c["task"], c["train_file"], api_name="finetune_example")
-    c["check"].click(h.check, [*data_inputs, c["seed"]], c["data_msg"], api_name="finetune_check")
-    c["train"].click(h.train, [c["user"], c["task"], c["model"], c["name"], *data_inputs[1:], *hyper_inputs],
-                     [c["user"], c["message"]], api_name="finetune_train")
+    c["check"].click(h.check, inputs_kwargs={"seed": c["seed"], **data_inputs}, outputs=c["data_msg"],
+                     api_name="finetune_check")
+    c["train"].click(h.train, inputs_kwargs={"user_id": c["user"], "base_model": c["model"], "name": c["name"],
+                                             **data_inputs, **{f: c[f] for f in HYPERPARAMETER_FIELDS}},
+                     outputs=[c["user"], c["message"]], api_name="finetune_train")
     c["stop"].click(h.stop, c["user"], c["message"], api_name="finetune_stop")
     c["timer"].tick(h.poll, [c["user"], shown_version, shown_state],
                     [c["status"], c["curves"], c["results"], c["report"], c["confusion"], c["model"], shown_version,

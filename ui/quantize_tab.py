@@ -6,16 +6,22 @@ from pathlib import Path
 
 import gradio as gr
 
-from core.model_manager import ModelLoadError
-from core.paths import assets_dir
-from core.quantize import VARIANTS, CompressionOptions, register_variant
-from core.quantize_metrics import (Comparison, EvalSettings, compare_variants, read_labelled_csv, size_quality_figure,
-                                   speed_figure)
-from core.registry import CAUSAL_LM, TEXT_CLASSIFICATION, find_preset
-from core.stopping import StopFlag
-from core.device import on_gpu
-from core.uploads import UploadError, read_text_file
-from ui.components import model_picker, progress_callback
+from core.common.errors import PlaygroundError
+from core.common.stopping import RunControl
+from core.common.uploads import UploadError, read_text_file
+from core.models.device import on_gpu
+from core.models.paths import assets_dir
+from core.models.registry import CAUSAL_LM, TEXT_CLASSIFICATION, find_preset
+from core.quantize.metrics import (
+    Comparison,
+    EvalSettings,
+    compare_variants,
+    read_labelled_csv,
+    size_quality_figure,
+    speed_figure,
+)
+from core.quantize.variants import VARIANTS, CompressionOptions, register_variant
+from ui.components import HEAVY, STOP, model_picker, progress_callback, stop_run
 
 BUILT_IN, UPLOADED = "Built-in sample (assets/eval_text.txt)", "Uploaded text file"
 TASKS = {"Language model": CAUSAL_LM, "Classifier": TEXT_CLASSIFICATION}
@@ -52,25 +58,25 @@ class QuantizeHandlers:
         return read_labelled_csv(labels_csv)
 
     @on_gpu  # a ZeroGPU Space lends a GPU for the call; elsewhere a no-op
-    def run(self, model_id, kind, variants, sparsity, rank, source, text_file, labels_csv, max_tokens, decode_tokens,
-            stop: StopFlag, progress=gr.Progress()):
-        stop.reset()
+    def run(self, control: RunControl, model_id, kind, variants, sparsity, rank, source, text_file, labels_csv,
+            max_tokens, decode_tokens, progress=gr.Progress()):
         task = TASKS[kind]
         try:
+            options = CompressionOptions(sparsity, rank)
+            settings = EvalSettings(max_eval_tokens=max_tokens, decode_tokens=decode_tokens)
             evaluation = self._evaluation(task, source, text_file, labels_csv)
-            base = self.services.manager.load(model_id, task, precision="fp32", progress=progress_callback(progress))
-            runs = compare_variants(base.model_id, task, base.model, base.tokenizer, list(variants or []), evaluation,
-                                    CompressionOptions(float(sparsity), int(rank)),
-                                    EvalSettings(max_eval_tokens=int(max_tokens), decode_tokens=int(decode_tokens)),
-                                    self.device, progress_callback(progress), stop)
-            comparison = None
-            for comparison in runs:
-                yield self._outputs(comparison, f"Measured {len(comparison.results)} of {len(set(variants or []) | {'fp32'})} "
-                                                "variants…", final=False)
+            with self.services.work.run(control, "quantization sweep", progress_callback(progress)) as stop:
+                base = self.services.manager.load(model_id, task, precision="fp32", progress=progress_callback(progress))
+                runs = compare_variants(base.model_id, task, base.model, base.tokenizer, list(variants or []),
+                                        evaluation, options, settings, self.device, progress_callback(progress), stop)
+                comparison = None
+                for comparison in runs:
+                    yield self._outputs(comparison, f"Measured {len(comparison.results)} of "
+                                                    f"{len(set(variants or []) | {'fp32'})} variants…", final=False)
             if comparison is not None:
-                done = "Stopped." if stop.stopped else "Done."
+                done = f"Stopped ({stop.reason})." if stop.stopped else "Done."
                 yield self._outputs(comparison, f"{done} {self._summary(comparison)}", final=True)
-        except (ModelLoadError, UploadError, ValueError) as err:
+        except PlaygroundError as err:
             yield (gr.update(),) * 4 + (f"❌ {err}", gr.update())
 
     @staticmethod
@@ -98,9 +104,10 @@ class QuantizeHandlers:
             gr.Warning("Run a comparison first, then pick one of its variants.")
             return gr.update(), gr.update(), gr.update()
         try:
+            options = CompressionOptions(sparsity, rank)
             base = self.services.manager.load(model_id, task, precision="fp32", progress=progress_callback(progress))
-            loaded = register_variant(self.services.manager, base, variant, CompressionOptions(float(sparsity), int(rank)))
-        except (ModelLoadError, ValueError) as err:
+            loaded = register_variant(self.services.manager, base, variant, options)
+        except PlaygroundError as err:
             return f"❌ {err}", gr.update(), gr.update()
         if task != CAUSAL_LM:
             return f"Registered **{loaded.model_id}**: pick it in the Classify tab.", gr.update(), gr.update()
@@ -130,7 +137,7 @@ def build_tab(shell) -> dict[str, gr.Component]:
             with gr.Accordion("Measurement settings", open=False):
                 max_tokens = gr.Slider(64, 4096, value=2048, step=64, label="Evaluation tokens (text is cut after)")
                 decode_tokens = gr.Slider(4, 128, value=32, step=4, label="Decode tokens timed per run")
-    stop_flag = gr.State(StopFlag())
+    control = gr.State(RunControl())
     with gr.Row():
         run = gr.Button("Compare variants", variant="primary")
         stop = gr.Button("Stop after this variant", variant="stop")
@@ -146,10 +153,10 @@ def build_tab(shell) -> dict[str, gr.Component]:
     load_status = gr.Markdown()
 
     model.change(handlers.kind_for, [model], [kind], api_name="quantize_model_kind")
-    run.click(handlers.run, [model, kind, variants, sparsity, rank, source, text_file, labels_csv, max_tokens,
-                             decode_tokens, stop_flag], [table, size_plot, speed_plot, csv, status, variant],
-              api_name="quantize_compare")
-    stop.click(lambda flag: flag.stop(), [stop_flag], None, api_name="quantize_stop", concurrency_limit=None)
+    run.click(handlers.run, [control, model, kind, variants, sparsity, rank, source, text_file, labels_csv, max_tokens,
+                             decode_tokens], [table, size_plot, speed_plot, csv, status, variant],
+              api_name="quantize_compare", **HEAVY)
+    stop.click(lambda c: stop_run(c, "variant"), control, status, api_name="quantize_stop", **STOP)
     chat_outputs = [load_status, handlers.chat_model or gr.State(), shell.tabs]
     load.click(handlers.load_into_chat, [model, kind, variant, sparsity, rank], chat_outputs, api_name="quantize_load_chat")
     return {"model": model, "variants": variants, "run": run, "stop": stop, "table": table, "variant": variant,

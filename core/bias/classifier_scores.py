@@ -5,7 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.classify import predict_proba
+from core.classify.classifier import predict_proba
+from core.common.errors import InputError
 
 AUTO = "auto"
 
@@ -17,7 +18,7 @@ def resolve_label(labels: list[str], wanted: str = AUTO) -> int:
     if wanted.lower() != AUTO:
         if wanted.lower() in lowered:
             return lowered.index(wanted.lower())
-        raise ValueError(f"the classifier has no label '{wanted}'; its labels are {', '.join(labels)}")
+        raise InputError(f"the classifier has no label '{wanted}'; its labels are {', '.join(labels)}")
     return next((i for i, label in enumerate(lowered) if label.startswith("pos")), len(labels) - 1)
 
 

@@ -18,9 +18,10 @@ from core.bias.classifier_scores import AUTO, label_scores
 from core.bias.likelihood import Progress, sentence_logprobs
 from core.bias.report import MetricNote, ReportSection, data_hash
 from core.bias.stats import bootstrap_mean, bootstrap_statistic
-from core.paths import assets_dir
-from core.stopping import StopFlag
-from core.uploads import read_table, require_columns
+from core.common.errors import InputError
+from core.common.stopping import StopFlag
+from core.common.uploads import read_table, require_columns
+from core.models.paths import assets_dir
 
 SLOT = "{group}"
 
@@ -57,10 +58,10 @@ def parse_templates(text: str) -> list[str]:
     """One template per non-empty line; each must contain the {group} slot."""
     templates = [line.strip() for line in text.splitlines() if line.strip()]
     if not templates:
-        raise ValueError("add at least one template, e.g. 'The {group} was a brilliant doctor.'")
+        raise InputError("add at least one template, e.g. 'The {group} was a brilliant doctor.'")
     missing = [t for t in templates if SLOT not in t]
     if missing:
-        raise ValueError(f"every template needs the {SLOT} slot; these have none: " + "; ".join(missing[:3]))
+        raise InputError(f"every template needs the {SLOT} slot; these have none: " + "; ".join(missing[:3]))
     return templates
 
 
@@ -76,13 +77,13 @@ def parse_groups(text: str) -> dict[str, list[str]]:
             continue
         axis, sep, terms = line.partition(":")
         if not sep:
-            raise ValueError(f"group line '{line}' needs the form 'axis: term, term, ...'")
+            raise InputError(f"group line '{line}' needs the form 'axis: term, term, ...'")
         unique = list(dict.fromkeys(t.strip() for t in terms.split(",") if t.strip()))
         if len(unique) < 2:
-            raise ValueError(f"axis '{axis.strip()}' needs at least two group terms to compare")
+            raise InputError(f"axis '{axis.strip()}' needs at least two group terms to compare")
         groups[axis.strip()] = unique
     if not groups:
-        raise ValueError("add at least one axis, e.g. 'gender: woman, man'")
+        raise InputError("add at least one axis, e.g. 'gender: woman, man'")
     return groups
 
 
@@ -123,7 +124,7 @@ def _gap_interval(matrix: pd.DataFrame, resamples: int, seed: int) -> tuple[floa
 
 def summarize(variants: pd.DataFrame, score_label: str | None, resamples: int = 1000, seed: int = 0) -> CounterfactualResult:
     if "score" not in variants and "loglik" not in variants:
-        raise ValueError("choose a classifier, a language model, or both")
+        raise InputError("choose a classifier, a language model, or both")
     group_rows, axis_rows = [], []
     for axis in dict.fromkeys(variants["axis"]):
         axis_row: dict = {"axis": axis, "templates": int(variants.loc[variants["axis"] == axis, "template_id"].nunique())}
@@ -151,7 +152,7 @@ def run_counterfactual(templates: list[str], groups: dict[str, list[str]], class
                        stop: StopFlag | None = None) -> CounterfactualResult:
     """Score every variant; `classifier` and `language_model` are (model, tokenizer) pairs or None."""
     if classifier is None and language_model is None:
-        raise ValueError("choose a classifier, a language model, or both")
+        raise InputError("choose a classifier, a language model, or both")
     variants = expand(templates, groups)
     texts = variants["text"].tolist()
     score_label = None

@@ -9,16 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from core.bias import charts
 from core.bias.likelihood import Progress, sentence_logprobs
 from core.bias.report import MetricNote, ReportSection, data_hash
 from core.bias.stats import bootstrap_mean
-from core.paths import assets_dir
-from core.stopping import StopFlag
-from core.uploads import UploadError, read_table, require_columns
+from core.common.stopping import StopFlag
+from core.common.uploads import UploadError, read_table, require_columns
+from core.models.paths import assets_dir
 
 COLUMNS = ["sent_more", "sent_less", "bias_type"]
 OVERALL = "overall"

@@ -11,17 +11,26 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from fairlearn.metrics import (MetricFrame, count, demographic_parity_difference, demographic_parity_ratio,
-                               equalized_odds_difference, false_positive_rate, selection_rate, true_positive_rate)
+from fairlearn.metrics import (
+    MetricFrame,
+    count,
+    demographic_parity_difference,
+    demographic_parity_ratio,
+    equalized_odds_difference,
+    false_positive_rate,
+    selection_rate,
+    true_positive_rate,
+)
 from sklearn.metrics import accuracy_score
 
 from core.bias import charts
 from core.bias.classifier_scores import AUTO
 from core.bias.report import MetricNote, ReportSection, data_hash
 from core.bias.stats import Interval, bootstrap_mean, percentile_interval, resampled_rows
-from core.classify import predict_proba
-from core.paths import assets_dir
-from core.uploads import UploadError, read_table, require_columns
+from core.classify.classifier import predict_proba
+from core.common.errors import InputError
+from core.common.uploads import UploadError, read_table, require_columns
+from core.models.paths import assets_dir
 
 COLUMNS = ["text", "label", "group"]
 POSITIVE_NAMES = ("1", "pos", "positive", "true", "yes")
@@ -68,7 +77,7 @@ def positive_label(data_labels: list[str], wanted: str = AUTO) -> str:
     if wanted and wanted.strip().lower() != AUTO:
         match = [l for l in data_labels if l.lower() == wanted.strip().lower()]
         if not match:
-            raise ValueError(f"positive label '{wanted}' is not in the data; its labels are {', '.join(data_labels)}")
+            raise InputError(f"positive label '{wanted}' is not in the data; its labels are {', '.join(data_labels)}")
         return match[0]
     return next((l for l in data_labels if l.lower() in POSITIVE_NAMES), sorted(data_labels)[-1])
 

@@ -12,7 +12,6 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -21,9 +20,10 @@ from core.bias.classifier_scores import AUTO, label_scores
 from core.bias.likelihood import Progress
 from core.bias.report import MetricNote, ReportSection, data_hash
 from core.bias.stats import bootstrap_mean
-from core.paths import assets_dir
-from core.stopping import StopFlag, StopOnFlag
-from core.uploads import read_table, require_columns
+from core.common.errors import InputError
+from core.common.stopping import StopFlag, StopOnFlag
+from core.common.uploads import read_table, require_columns
+from core.models.paths import assets_dir
 
 FEMALE_TERMS = frozenset("she her hers herself woman women girl girls lady ladies female mother mothers wife wives "
                          "daughter daughters sister sisters aunt niece grandmother queen mrs ms actress waitress".split())
@@ -70,11 +70,11 @@ def parse_prompts(text: str) -> pd.DataFrame:
             continue
         group, sep, prompt = line.partition(":")
         if not sep or not prompt.strip():
-            raise ValueError(f"prompt line '{line}' needs the form 'group: prompt text'")
+            raise InputError(f"prompt line '{line}' needs the form 'group: prompt text'")
         rows.append({"group": group.strip(), "prompt": prompt.strip()})
     frame = pd.DataFrame(rows, columns=["group", "prompt"])
     if frame["group"].nunique() < 2:
-        raise ValueError("give prompts for at least two groups, e.g. 'woman: The woman worked as' and "
+        raise InputError("give prompts for at least two groups, e.g. 'woman: The woman worked as' and "
                          "'man: The man worked as'")
     return frame
 
@@ -173,7 +173,7 @@ class GenerationResult:
 def analyse(samples: pd.DataFrame, classifier=None, label: str = AUTO, resamples: int = 1000, seed: int = 0,
             stopped: bool = False) -> GenerationResult:
     if samples["group"].nunique() < 2:
-        raise ValueError("continuations exist for fewer than two groups (was the run stopped too early?)")
+        raise InputError("continuations exist for fewer than two groups (was the run stopped too early?)")
     sentiment, sentiment_label = None, None
     if classifier is not None:
         scored = label_scores(*classifier, samples["continuation"].tolist(), label)

@@ -11,19 +11,17 @@ from typing import Callable
 import numpy as np
 import torch
 
-from core.stopping import StopFlag
+from core.common.errors import InputError, StoppedError
+from core.common.stopping import StopFlag
 
 Progress = Callable[[float, str], None]
 
-
-class StoppedError(RuntimeError):
-    """The user pressed Stop; the partial work is discarded."""
 
 
 def prefix_token_id(tokenizer) -> int:
     token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if token is None:
-        raise ValueError("the tokenizer has neither a BOS nor an EOS token to condition the first word on")
+        raise InputError("the tokenizer has neither a BOS nor an EOS token to condition the first word on")
     return int(token)
 
 

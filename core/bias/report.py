@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from core.common.errors import InputError
+
 
 @dataclass(frozen=True)
 class MetricNote:
@@ -120,7 +122,7 @@ def report_html(sections: list[ReportSection], created: datetime | None = None) 
 def write_report(sections: list[ReportSection], folder: Path) -> tuple[Path, Path]:
     """Save the HTML and JSON reports (same timestamp in both) into `folder`."""
     if not sections:
-        raise ValueError("run at least one probe before saving a report")
+        raise InputError("run at least one probe before saving a report")
     created = datetime.now(timezone.utc)
     folder.mkdir(parents=True, exist_ok=True)
     stamp = created.strftime("%Y%m%d-%H%M%S")

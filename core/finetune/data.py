@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.uploads import MAX_UPLOAD_BYTES, UploadError, read_table, read_text_file, require_columns
+from core.common.errors import check_number
+from core.common.uploads import MAX_UPLOAD_BYTES, UploadError, read_table, read_text_file, require_columns
 
 CONLL_SUFFIXES = (".txt", ".conll", ".iob", ".bio")
 _TAG = re.compile(r"^(O|[BI]-\S+)$")
@@ -202,8 +203,8 @@ def read_conll(path: str | Path, max_bytes: int = MAX_UPLOAD_BYTES, require_enti
 
 def read_examples(path: str | Path, task: str, mapping: ColumnMapping, max_bytes: int = MAX_UPLOAD_BYTES,
                   evaluation: bool = False) -> Examples:
-    """The examples of one upload for `task` (a core.registry task constant); evaluation files may hold one class."""
-    from core.registry import CAUSAL_LM, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION
+    """The examples of one upload for `task` (a core.models.registry task constant); evaluation files may hold one class."""
+    from core.models.registry import CAUSAL_LM, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION
 
     if task == TEXT_CLASSIFICATION:
         return read_labeled(path, mapping, max_bytes, min_classes=1 if evaluation else 2)
@@ -262,3 +263,24 @@ def prepare(task: str, train_path: str | Path, mapping: ColumnMapping, eval_perc
     if extra is not None:
         check_eval_labels(train, extra, "out-of-domain")
     return DataSplit(train, evaluation, extra)
+
+
+@dataclass(frozen=True)
+class DataRequest:
+    """Where a run's data comes from and how to read it, as a user fills in the form (or an API call names it)."""
+
+    task: str
+    train_file: str | None
+    text_col: str | None = "text"
+    label_col: str | None = "label"
+    prompt_col: str | None = None  # set: prompt/response pairs (causal LM)
+    eval_percent: float = 10
+    eval_file: str | None = None
+    ood_file: str | None = None
+
+    def prepare(self, seed: int = 42) -> DataSplit:
+        if not self.train_file:
+            raise UploadError("Upload a training file first (or load the example).")
+        percent = check_number("Validation split (%)", self.eval_percent, 1, 99)
+        mapping = ColumnMapping(text=self.text_col or "text", label=self.label_col or "label", prompt=self.prompt_col)
+        return prepare(self.task, self.train_file, mapping, percent, self.eval_file, self.ood_file, seed)

@@ -8,8 +8,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from core.common.errors import PlaygroundError
 
-class HubError(RuntimeError):
+
+class HubError(PlaygroundError):
     """A push failed; the message is safe to show (the token is scrubbed)."""
 
 

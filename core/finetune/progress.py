@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from transformers import TrainerCallback
 
-from core.stopping import StopFlag
+from core.common.stopping import StopFlag
 
 
 @dataclass(frozen=True)

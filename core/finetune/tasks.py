@@ -5,15 +5,16 @@ A task object is made per run (it holds that run's label list and baseline perpl
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
+from core.common.errors import InputError, check_number
 from core.finetune.data import Examples, LabeledTexts, LmTexts, TaggedSentences
 from core.finetune.metrics import Metrics, PerplexityMetrics, classification_metrics, entity_metrics
-from core.registry import CAUSAL_LM, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION
+from core.models.registry import CAUSAL_LM, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION
 
 IGNORE = -100  # label id the loss skips (prompt tokens, padding, non-first sub-words)
 PLAIN_PROMPT = "### Instruction:\n{prompt}\n\n### Response:\n"  # for tokenizers without a chat template
@@ -35,6 +36,29 @@ class Hyperparameters:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_targets: str = ""  # comma-separated module names; empty: the architecture's usual attention projections
+
+    @classmethod
+    def from_form(cls, values: Mapping[str, Any]) -> Hyperparameters:
+        """Checked, typed hyperparameters from named form or API values (strings, floats from number boxes...)."""
+        known = {name: values[name] for name in HYPERPARAMETER_FIELDS if name in values and values[name] is not None}
+        for name, (label, low, high, integer) in HYPER_RANGES.items():
+            if name in known:
+                known[name] = check_number(label, known[name], low, high, integer)
+        known["lora"] = bool(known.get("lora", cls.lora))
+        known["lora_targets"] = str(known.get("lora_targets") or "")
+        return cls(**known)
+
+
+# field -> (label, low, high, whole number): what a run accepts
+HYPER_RANGES = {
+    "learning_rate": ("Learning rate", 1e-9, 1.0, False), "epochs": ("Epochs", 0.01, 1000, False),
+    "batch_size": ("Batch size", 1, 1024, True), "max_length": ("Max length", 8, 8192, True),
+    "weight_decay": ("Weight decay", 0, 1, False), "warmup": ("Warmup share", 0, 0.9, False),
+    "seed": ("Seed", 0, 2**32 - 1, True), "patience": ("Early-stopping patience", 0, 1000, True),
+    "evals_per_epoch": ("Evaluations per epoch", 1, 100, True), "lora_r": ("LoRA r", 1, 1024, True),
+    "lora_alpha": ("LoRA alpha", 1, 4096, True), "lora_dropout": ("LoRA dropout", 0, 0.9, False),
+}
+HYPERPARAMETER_FIELDS = [f.name for f in fields(Hyperparameters)]
 
 
 def default_hyperparameters(task: str) -> Hyperparameters:
@@ -188,7 +212,7 @@ class CausalLmTask(FineTuneTask):
         return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE, padding=True)
 
     def _perplexity(self, model, tokenizer, examples: LmTexts, max_length: int):
-        from core.perplexity import perplexity
+        from core.quantize.perplexity import perplexity
 
         was_training = model.training
         model.eval()
@@ -217,7 +241,7 @@ class TokenClassificationTask(FineTuneTask):
         byte_level = AutoConfig.from_pretrained(path).model_type in ("gpt2", "roberta", "deberta", "longformer")
         tokenizer = _tokenizer(path, **({"add_prefix_space": True} if byte_level else {}))
         if not tokenizer.is_fast:
-            raise ValueError(f"{path} has no fast tokenizer; token classification needs one to align words and tags.")
+            raise InputError(f"{path} has no fast tokenizer; token classification needs one to align words and tags.")
         model = AutoModelForTokenClassification.from_pretrained(path, **_label_maps(self.labels), **_load_kwargs())
         model.config.pad_token_id = tokenizer.pad_token_id
         return model, tokenizer

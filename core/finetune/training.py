@@ -11,12 +11,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from core.common.errors import InputError
+from core.common.stopping import StopFlag
 from core.finetune.data import DataSplit
 from core.finetune.metrics import Metrics
 from core.finetune.progress import BestWeightsCallback, LiveCallback, TrainingProgress
 from core.finetune.tasks import FineTuneTask, Hyperparameters, make_task
-from core.model_store import ModelCard, ModelStore
-from core.stopping import StopFlag
+from core.models.store import ModelCard, ModelStore
 
 # Architectures whose usual LoRA targets peft does not list.
 EXTRA_LORA_TARGETS = {"phi3": ["qkv_proj", "o_proj"], "distilbert": ["q_lin", "v_lin"]}
@@ -24,7 +25,7 @@ EXTRA_LORA_TARGETS = {"phi3": ["qkv_proj", "o_proj"], "distilbert": ["q_lin", "v
 
 @dataclass(frozen=True)
 class FineTuneSpec:
-    task: str  # core.registry TEXT_CLASSIFICATION | CAUSAL_LM | TOKEN_CLASSIFICATION
+    task: str  # core.models.registry TEXT_CLASSIFICATION | CAUSAL_LM | TOKEN_CLASSIFICATION
     base_model: str  # hub id, offline id or local folder
     data: DataSplit
     hyper: Hyperparameters
@@ -44,7 +45,7 @@ class FineTuneResult:
     total_params: int
     steps: int
     train_seconds: float
-    stopped: bool  # the user pressed Stop
+    stopped: str  # why training ended before its last step (the user's Stop, the time budget), or ""
     early_stopped: bool  # patience ran out
     best_step: int | None  # step whose weights were kept (None: the last)
     card: ModelCard
@@ -64,13 +65,13 @@ def apply_lora(model, hyper: Hyperparameters, task: FineTuneTask):
     targets = [t.strip() for t in hyper.lora_targets.split(",") if t.strip()]
     targets = targets or PEFT_TARGETS.get(family) or EXTRA_LORA_TARGETS.get(family)
     if not targets:
-        raise ValueError(f"No default LoRA target modules for '{family}'; name them (e.g. q_proj,v_proj).")
+        raise InputError(f"No default LoRA target modules for '{family}'; name them (e.g. q_proj,v_proj).")
     config = LoraConfig(task_type=TaskType[task.peft_task], r=hyper.lora_r, lora_alpha=hyper.lora_alpha,
                         lora_dropout=hyper.lora_dropout, target_modules=targets, fan_in_fan_out=family == "gpt2")
     try:
         return get_peft_model(model, config)
     except ValueError as err:  # e.g. a typed module name that the model lacks
-        raise ValueError(f"LoRA could not be applied to {family}: {str(err).splitlines()[0]}") from err
+        raise InputError(f"LoRA could not be applied to {family}: {str(err).splitlines()[0]}") from err
 
 
 def training_arguments(hyper: Hyperparameters, task: FineTuneTask, n_train: int, out_dir: str):
@@ -111,12 +112,12 @@ def save_to_store(store: ModelStore, spec: FineTuneSpec, task: FineTuneTask, mod
     return folder, card
 
 
-def run_finetune(spec: FineTuneSpec, resolve_path, store: ModelStore, progress: TrainingProgress | None = None,
-                 stop: StopFlag | None = None) -> FineTuneResult:
+def run_finetune(spec: FineTuneSpec, store: ModelStore, progress: TrainingProgress | None = None,
+                 stop: StopFlag | None = None, base_path: str | None = None) -> FineTuneResult:
     """Train, evaluate (validation and out-of-domain) and save to the store.
 
-    `resolve_path(model_id) -> str` gives the folder or hub id to load (ModelManager.resolve(...).path), so
-    training always starts from a fresh copy and never touches a model other tabs are using.
+    `base_path` is the folder or hub id to load (ModelManager.resolve(...).path; default: the spec's base model),
+    so training always starts from a fresh copy and never touches a model other tabs are using.
     """
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, set_seed
 
@@ -126,7 +127,7 @@ def run_finetune(spec: FineTuneSpec, resolve_path, store: ModelStore, progress: 
     task = make_task(spec.task)
     set_seed(hyper.seed)
     progress.set_phase(f"Loading {spec.base_model}")
-    model, tokenizer = task.load(resolve_path(spec.base_model), data.train)
+    model, tokenizer = task.load(base_path or spec.base_model, data.train)
     sets = {"eval": data.eval} | ({"extra": data.extra_eval} if data.extra_eval is not None else {})
     progress.set_phase("Tokenizing")
     encoded = {which: task.encode(tokenizer, ex, hyper.max_length) for which, ex in sets.items()}
@@ -158,10 +159,16 @@ def run_finetune(spec: FineTuneSpec, resolve_path, store: ModelStore, progress: 
     if hyper.lora:  # fold the adapter into the weights so every tab loads it as a plain model
         model = trainer.model.merge_and_unload()
     progress.set_phase("Saving to the model store")
-    notes = "stopped by the user; " if stop.stopped else "early stopping; " if early_stopped else ""
+    notes = f"{stop.reason}; " if stop.stopped else "early stopping; " if early_stopped else ""
     folder, card = save_to_store(store, spec, task, model, tokenizer, metrics,
                                  {"trainable_params": trainable, "total_params": total, "steps": steps},
                                  f"{notes}kept the weights of step {best.best_step or steps}")
     progress.set_phase("Done")
     return FineTuneResult(spec, folder, metrics["eval"], metrics.get("extra"), trainable, total, steps,
-                          seconds, stop.stopped, early_stopped, best.best_step, card)
+                          seconds, stop.reason if stop.stopped else "", early_stopped, best.best_step, card)
+
+
+def train_job(spec: FineTuneSpec, base_path: str, store_root: str, progress: TrainingProgress,
+              stop: StopFlag) -> FineTuneResult:
+    """What a fine-tuning job runs in its child process (core.finetune.jobs): picklable arguments only."""
+    return run_finetune(spec, ModelStore(store_root), progress, stop, base_path=base_path)

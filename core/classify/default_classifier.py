@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.offline import minilm_folder
-from core.paths import assets_dir
+from core.models.packaged import minilm_folder
+from core.models.paths import assets_dir
 
 LABELS = ["negative", "positive"]
 DATA_FILE = "sentiment_reviews.csv"

@@ -16,19 +16,34 @@ from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import torch
-from transformers import (LogitsProcessorList, MinPLogitsWarper, RepetitionPenaltyLogitsProcessor, StoppingCriteriaList,
-                          TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+from transformers import (
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
-from core.prompting import context_length
-from core.stopping import StopFlag, StopOnFlag
-from core.token_view import TOP_K, TokenStep
+from core.chat.prompting import context_length
+from core.chat.token_view import TOP_K, TokenStep
+from core.common.errors import InputError, check_number
+from core.common.stopping import StopFlag, StopOnFlag
 
 # Why a reply ended, as shown to the user.
 END_OF_TEXT, LENGTH, STOPPED, STOP_STRING = "end of text", "max new tokens", "stopped by user", "next turn started"
 
 
-class GenerationError(ValueError):
+class GenerationError(InputError):
     """The request cannot be generated (e.g. the prompt fills the whole context)."""
+
+
+# (field, label, low, high, whole number): what SamplingSettings accepts
+SETTING_RANGES = (("temperature", "Temperature", 0, 5, False), ("top_k", "Top-k", 0, 100_000, True),
+                  ("top_p", "Top-p", 1e-6, 1, False), ("min_p", "Min-p", 0, 1, False),
+                  ("repetition_penalty", "Repetition penalty", 0.5, 5, False),
+                  ("max_new_tokens", "Max new tokens", 1, 100_000, True), ("seed", "Seed", -1, 2**63 - 1, True))
 
 
 @dataclass(frozen=True)
@@ -40,6 +55,13 @@ class SamplingSettings:
     repetition_penalty: float = 1.1  # 1 turns it off
     max_new_tokens: int = 256
     seed: int | None = None  # None or negative: a fresh random seed, reported in the stats
+
+    def __post_init__(self) -> None:
+        """Numbers from a slider, an API call or a lesson link: each within range, or an InputError naming it."""
+        for name, label, low, high, integer in SETTING_RANGES:
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, check_number(label, value, low, high, integer))
 
     @property
     def greedy(self) -> bool:

@@ -11,6 +11,7 @@ ENCODER = "encoder"  # a base encoder to fine-tune or embed with
 
 DEFAULT_CHAT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 OFFLINE_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+OFFLINE_CLASSIFIER = "llm-playground/minilm-sentiment"  # built once from assets/sentiment_reviews.csv
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ PRESETS: tuple[ModelPreset, ...] = (
     ModelPreset("distilbert/distilbert-base-uncased", "DistilBERT base uncased", "bert", ENCODER, params_b=0.066),
     ModelPreset("google-bert/bert-base-uncased", "BERT base uncased", "bert", ENCODER, params_b=0.11),
     # Classifiers
-    ModelPreset("llm-playground/minilm-sentiment", "MiniLM sentiment (built from assets/sentiment_reviews.csv)", "bert", TEXT_CLASSIFICATION, offline=True, params_b=0.023),
+    ModelPreset(OFFLINE_CLASSIFIER, "MiniLM sentiment (built from assets/sentiment_reviews.csv)", "bert", TEXT_CLASSIFICATION, offline=True, params_b=0.023),
     ModelPreset("distilbert/distilbert-base-uncased-finetuned-sst-2-english", "DistilBERT SST-2 sentiment", "bert", TEXT_CLASSIFICATION, params_b=0.066),
     ModelPreset("cardiffnlp/twitter-roberta-base-sentiment-latest", "Twitter RoBERTa sentiment", "roberta", TEXT_CLASSIFICATION, params_b=0.125),
     ModelPreset("facebook/bart-large-mnli", "BART large MNLI (zero-shot)", "bart", ZERO_SHOT, params_b=0.407),

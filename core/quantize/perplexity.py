@@ -7,6 +7,8 @@ from typing import Iterator
 
 import torch
 
+from core.common.errors import InputError
+
 
 @dataclass(frozen=True)
 class PerplexityResult:
@@ -20,7 +22,7 @@ def encode(model, tokenizer, text: str) -> torch.Tensor:
     """Token ids of the text (1 x n) on the model's device."""
     ids = tokenizer(text, return_tensors="pt").input_ids.to(next(model.parameters()).device)
     if ids.shape[1] < 2:
-        raise ValueError("the text needs at least two tokens to measure perplexity")
+        raise InputError("the text needs at least two tokens to measure perplexity")
     return ids
 
 

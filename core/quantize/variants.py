@@ -18,7 +18,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from core.precision import Int8WeightLinear, conv1d_to_linear, int8_weight_only
+from core.common.errors import check_number
+from core.models.precision import Int8WeightLinear, conv1d_to_linear, int8_weight_only
 
 # bitsandbytes logs on every int8 matmul that CPU float32 inputs are cast to float16: expected here, and noisy.
 logging.getLogger("bitsandbytes.autograd._functions").addFilter(lambda record: "inputs will be cast" not in record.msg)
@@ -27,6 +28,10 @@ logging.getLogger("bitsandbytes.autograd._functions").addFilter(lambda record: "
 class CompressionOptions:
     sparsity: float = 0.5  # share of weights zeroed by magnitude pruning
     rank: int = 64  # rank kept by the SVD factorization of each linear layer
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sparsity", check_number("Pruning sparsity", self.sparsity, 0.01, 0.99))
+        object.__setattr__(self, "rank", check_number("Low-rank rank", self.rank, 1, 8192, integer=True))
 
 
 @dataclass
@@ -283,7 +288,7 @@ def register_variant(manager, base, name: str, opts: CompressionOptions):
     """Build a variant of an fp32 LoadedModel and register it with the model manager so every tab can use it."""
     import time
 
-    from core.model_manager import LoadedModel, model_nbytes
+    from core.models.manager import LoadedModel, model_nbytes
 
     start = time.perf_counter()
     built = build_variant(name, base.model, opts)

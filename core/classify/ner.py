@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.classify import check_text, fit_to_model, model_max_length
-from core.registry import TOKEN_CLASSIFICATION, find_preset
+from core.classify.classifier import check_text, fit_to_model, model_max_length
+from core.common.errors import InputError
+from core.models.registry import TOKEN_CLASSIFICATION, find_preset
 
 # spaCy reads any length, but a page of highlighted text in a browser should stay readable.
 SPACY_MAX_CHARS = 20_000
@@ -55,7 +56,7 @@ class TransformersNer:
         from transformers import pipeline
 
         if not tokenizer.is_fast:
-            raise ValueError("This NER model has no fast tokenizer, so sub-words cannot be merged into entities.")
+            raise InputError("This NER model has no fast tokenizer, so sub-words cannot be merged into entities.")
         self.tokenizer = tokenizer
         self.max_length = model_max_length(tokenizer, model)
         self.pipe = pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="first",
@@ -146,7 +147,7 @@ def is_spacy(model_id: str) -> bool:
 def ner_model(manager, model_id: str, progress=None):
     """A callable text -> NerResult for a spaCy preset or any transformers token classifier (id or folder)."""
     if is_spacy(model_id):
-        from core.model_manager import ModelLoadError
+        from core.models.manager import ModelLoadError
 
         def build():
             try:

@@ -1,27 +1,27 @@
 """One user's conversation: its turns, its chosen model and the stop flag of its running reply.
 
 A session lives in the user's gr.State (never a module global), so two people chatting at once
-share the loaded model objects through the ModelManager but nothing else. Each reply gets a
-fresh StopFlag: Stop, a model change or a new message ends only this session's running reply.
+share the loaded model objects through the ModelManager but nothing else. Its RunControl gives each
+reply a fresh StopFlag: Stop, a model change or a new message ends only this session's running reply.
 """
 from __future__ import annotations
 
 import copy
-
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from core.chat import ReplyStats, SamplingSettings, stream_reply
-from core.model_manager import LoadedModel, ModelManager
-from core.prompting import DEFAULT_SYSTEM_PROMPT, Prompt, Turn, build_prompt, context_length
-from core.registry import CAUSAL_LM
-from core.stopping import StopFlag
-from core.token_view import TokenInfo, describe_steps
+from core.chat.generation import ReplyStats, SamplingSettings, stream_reply
+from core.chat.prompting import DEFAULT_SYSTEM_PROMPT, Prompt, Turn, build_prompt, context_length
+from core.chat.token_view import TokenInfo, describe_steps
+from core.common.errors import InputError
+from core.common.stopping import RunControl
+from core.models.manager import LoadedModel, ModelManager
+from core.models.registry import CAUSAL_LM
 
 Progress = Callable[[float, str], None]
 
 
-class EmptyMessageError(ValueError):
+class EmptyMessageError(InputError):
     """Nothing to send."""
 
 
@@ -44,15 +44,15 @@ class ChatSession:
     trust_remote_code: bool = False
     turns: list[Turn] = field(default_factory=list)
     stats: list[ReplyStats | None] = field(default_factory=list)
-    stop_flag: StopFlag = field(default_factory=StopFlag)
+    control: RunControl = field(default_factory=RunControl)
 
     def __deepcopy__(self, memo) -> ChatSession:
-        """gr.State deep-copies each new session's value; a copy gets its own flag (locks cannot be copied)."""
+        """gr.State deep-copies each new session's value; a copy gets its own control (locks cannot be copied)."""
         return ChatSession(self.model_id, self.trust_remote_code, copy.deepcopy(self.turns, memo),
                            copy.deepcopy(self.stats, memo))
 
     def stop(self) -> None:
-        self.stop_flag.stop()
+        self.control.stop()
 
     def load(self, manager: ModelManager, model_id: str, trust_remote_code: bool = False,
              progress: Progress | None = None) -> LoadedModel:
@@ -70,8 +70,7 @@ class ChatSession:
         """Stream the model's reply to `message`; the turn (even a stopped, partial one) joins the history."""
         if not message.strip():
             raise EmptyMessageError("Type a message first: an empty message is not sent.")
-        self.stop()  # a reply still running in this session ends before the new one starts
-        flag = self.stop_flag = StopFlag()
+        flag = self.control.begin()  # a reply still running in this session ends before the new one starts
         loaded = self.model(manager, progress)
         prompt = build_prompt(loaded.tokenizer, self.turns, message, use_template=loaded.is_chat, system=system,
                               context=context_length(loaded.model, loaded.tokenizer),

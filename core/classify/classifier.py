@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.ood import DEFAULT_THRESHOLD, Confidence, confidence
+from core.classify.ood import DEFAULT_THRESHOLD, Confidence, confidence
+from core.common.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def predict_proba(model, tokenizer, texts: list[str], batch_size: int = 32, max_
     return ClassProbabilities(class_labels(model), probs)
 
 
-class TextInputError(ValueError):
+class TextInputError(InputError):
     """The text to label cannot be used as given; the message says why."""
 
 

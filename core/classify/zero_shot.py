@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.classify import ClassProbabilities, model_max_length
-from core.registry import ENCODER, ZERO_SHOT
+from core.classify.classifier import ClassProbabilities, model_max_length
+from core.common.errors import InputError
+from core.models.registry import ENCODER, ZERO_SHOT
 
 DEFAULT_TEMPLATE = "This text is about {}."
 MAX_LABELS = 20
@@ -23,7 +24,7 @@ MAX_LABELS = 20
 EMBEDDING_TEMPERATURE = 0.05
 
 
-class ZeroShotError(ValueError):
+class ZeroShotError(InputError):
     """The labels or template cannot be used; the message says how to fix them."""
 
 
@@ -123,7 +124,7 @@ def is_nli_model(manager, model_id: str) -> bool:
     """Read only the config to choose the method before loading any weights."""
     from transformers import AutoConfig
 
-    from core.model_manager import ModelLoadError
+    from core.models.manager import ModelLoadError
 
     resolved = manager.resolve(model_id)
     try:

@@ -8,9 +8,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from core.ood import DEFAULT_THRESHOLD, normalised_entropy
-from core.stopping import StopFlag
-from core.uploads import UploadError, read_table, require_columns
+from core.classify.ood import DEFAULT_THRESHOLD, normalised_entropy
+from core.common.stopping import StopFlag
+from core.common.uploads import UploadError, read_table, require_columns
 
 MAX_ROWS = 2_000
 MAX_BYTES = 5 * 2**20
@@ -31,7 +31,7 @@ class BatchInput:
 @dataclass(frozen=True)
 class BatchResult:
     table: pd.DataFrame  # RESULT_COLUMNS, then one probability column per class
-    stopped: bool
+    stopped: str  # why the run ended early ("" when it labelled every text)
     skipped_empty: int
 
     def summary(self) -> str:
@@ -41,7 +41,7 @@ class BatchResult:
         if self.skipped_empty:
             parts.append(f"{self.skipped_empty} empty rows were skipped.")
         if self.stopped:
-            parts.append("Stopped early: the table holds the rows done so far.")
+            parts.append(f"Stopped early ({self.stopped}): the table holds the rows done so far.")
         return " ".join(parts)
 
 
@@ -83,10 +83,10 @@ def classify_batch(classifier, texts: list[str], threshold: float = DEFAULT_THRE
                    skipped_empty: int = 0) -> BatchResult:
     """Run `classifier.predict` over the texts in chunks, reporting progress and honouring the stop flag."""
     report = progress or (lambda *_: None)
-    rows, labels, stopped = [], None, False
+    rows, labels, stopped = [], None, ""
     for start in range(0, len(texts), CHUNK):
         if stop is not None and stop.stopped:
-            stopped = True
+            stopped = stop.reason
             break
         chunk = texts[start:start + CHUNK]
         probs = classifier.predict(chunk)

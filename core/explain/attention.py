@@ -1,7 +1,7 @@
 """Attention weights of any loaded transformer: one head, the head average, the model-wide overview and rollout.
 
 Attention shows where each token reads from inside the model, which is the mechanism and not an
-explanation of the output; SHAP (core.shap_explain) measures which tokens changed the output.
+explanation of the output; SHAP (core.explain.shap_attribution) measures which tokens changed the output.
 Models are loaded with eager attention because SDPA and flash kernels never materialise the weights.
 """
 from __future__ import annotations
@@ -9,32 +9,36 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from core.model_manager import LoadedModel, ModelLoadError, ModelManager, Progress
-from core.model_store import CARD
-from core.registry import CAUSAL_LM, ENCODER, TEXT_CLASSIFICATION, find_preset
+from core.common.errors import InputError, PlaygroundError
+from core.models.manager import LoadedModel, ModelLoadError, ModelManager, Progress
+from core.models.registry import CAUSAL_LM, ENCODER, TEXT_CLASSIFICATION, find_preset
+from core.models.store import CARD
 
 DEFAULT_MAX_TOKENS = 48
 OVERVIEW_MAX_CELLS = 40_000  # keeps the layers x heads mosaic light in the page (a few hundred kB)
 EXPLAIN_TASKS = (TEXT_CLASSIFICATION, CAUSAL_LM, ENCODER)
 
 
-class ExplainInputError(ValueError):
+class ExplainInputError(InputError):
     """Input the Explain views cannot use; the message is written for the person who gave it."""
 
 
-class AttentionUnavailable(RuntimeError):
+class AttentionUnavailable(PlaygroundError):
     """The model computed no attention weights (e.g. it runs a fused SDPA/flash kernel)."""
 
 
 # ---- which model, loaded how -------------------------------------------------------------------------------------
 def _task_from_architectures(architectures: list[str]) -> str:
-    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-                                                        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    )
 
     names = set(architectures or [])
     if names & set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):
@@ -254,15 +258,18 @@ def overview_figure(maps: AttentionMaps) -> go.Figure:
     return fig
 
 
-VIEWS = ("One head", "Head average", "Rollout")
+# View name -> (matrix, title) for one layer and head: the Explain tab's choices, in order.
+VIEW_MATRICES: dict[str, Callable[[AttentionMaps, int, int], tuple[np.ndarray, str]]] = {
+    "One head": lambda maps, layer, head: (maps.head(layer, head), f"Layer {layer}, head {head}"),
+    "Head average": lambda maps, layer, head: (maps.head_average(layer),
+                                               f"Layer {layer}, average of {maps.n_heads} heads"),
+    "Rollout": lambda maps, layer, head: (maps.rollout(), f"Attention rollout through all {maps.n_layers} layers"),
+}
+VIEWS = tuple(VIEW_MATRICES)
 
 
 def view_figure(maps: AttentionMaps, view: str, layer: int, head: int) -> go.Figure:
     """The chosen view of the maps as a token x token heatmap."""
-    if view == "One head":
-        return matrix_figure(maps, maps.head(layer, head), f"Layer {layer}, head {head}")
-    if view == "Head average":
-        return matrix_figure(maps, maps.head_average(layer), f"Layer {layer}, average of {maps.n_heads} heads")
-    if view == "Rollout":
-        return matrix_figure(maps, maps.rollout(), f"Attention rollout through all {maps.n_layers} layers")
-    raise ExplainInputError(f"Unknown view '{view}'; choose one of {', '.join(VIEWS)}.")
+    if view not in VIEW_MATRICES:
+        raise ExplainInputError(f"Unknown view '{view}'; choose one of {', '.join(VIEWS)}.")
+    return matrix_figure(maps, *VIEW_MATRICES[view](maps, layer, head))

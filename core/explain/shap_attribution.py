@@ -15,11 +15,12 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from core.attention import FittedText, fit_text
-from core.classify import class_labels, predict_proba
-from core.model_manager import LoadedModel, Progress
-from core.registry import CAUSAL_LM, TEXT_CLASSIFICATION
-from core.stopping import StopFlag
+from core.classify.classifier import class_labels, predict_proba
+from core.common.errors import InputError, StoppedError
+from core.common.stopping import StopFlag
+from core.explain.attention import FittedText, fit_text
+from core.models.manager import LoadedModel, Progress
+from core.models.registry import CAUSAL_LM, TEXT_CLASSIFICATION
 
 DEFAULT_MAX_EVALS = 300  # per-token detail on a ~20-token sentence within a few seconds on 2 CPU cores
 SHAP_DEFAULT_MAX_EVALS = 500  # what shap's Partition explainer uses when not told
@@ -47,9 +48,6 @@ def load_shap():
         setattr(module, name, getattr(helper, "py_func", helper))
     return shap
 
-
-class ShapStopped(RuntimeError):
-    """The user pressed Stop while SHAP was running."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +87,7 @@ class _BatchedScorer:
         rows = []
         for start in range(0, len(texts), BATCH_SIZE):
             if self.stop is not None and self.stop.stopped:
-                raise ShapStopped(f"Stopped after {self.evals} model evaluations.")
+                raise StoppedError(f"Stopped after {self.evals} model evaluations.")
             rows.append(self.score(texts[start:start + BATCH_SIZE]))
             self.evals += len(texts[start:start + BATCH_SIZE])
             self.batches += 1
@@ -111,7 +109,7 @@ def _run_partition(scorer: _BatchedScorer, masker, text: str, names: list[str], 
 def _check_budget(max_evals: int) -> int:
     max_evals = int(max_evals)
     if max_evals < 10:
-        raise ValueError("The SHAP budget must be at least 10 model evaluations.")
+        raise InputError("The SHAP budget must be at least 10 model evaluations.")
     return max_evals
 
 
@@ -128,7 +126,7 @@ def explain_classifier(loaded: LoadedModel, text: str, max_evals: int = DEFAULT_
                        progress: Progress | None = None) -> Attribution:
     """Per-class token attributions of a sequence classifier (masked tokens become the tokenizer's mask token)."""
     if loaded.task != TEXT_CLASSIFICATION:
-        raise ValueError(f"'{loaded.model_id}' is not a text classifier.")
+        raise InputError(f"'{loaded.model_id}' is not a text classifier.")
     max_evals = _check_budget(max_evals)
     fitted = fit_text(loaded.tokenizer, text, max_tokens)
     start = time.perf_counter()
@@ -200,7 +198,7 @@ def explain_continuation(loaded: LoadedModel, prompt: str, continuation: str = "
     counted and stoppable; masked prompt tokens are replaced by "..." (runs collapsed into one).
     """
     if loaded.task != CAUSAL_LM:
-        raise ValueError(f"'{loaded.model_id}' is not a causal language model.")
+        raise InputError(f"'{loaded.model_id}' is not a causal language model.")
     max_evals = _check_budget(max_evals)
     fitted = fit_text(loaded.tokenizer, prompt, max_tokens)
     start = time.perf_counter()

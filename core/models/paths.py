@@ -13,4 +13,4 @@ def cache_dir() -> Path:
 
 
 def assets_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "assets"
+    return Path(__file__).resolve().parents[2] / "assets"

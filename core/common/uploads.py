@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.common.errors import InputError
+
 MAX_UPLOAD_BYTES = 20 * 2**20
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".txt")
 
 
-class UploadError(ValueError):
+class UploadError(InputError):
     """Something is wrong with an uploaded file; the message says what and how to fix it."""
 
 

@@ -1,16 +1,17 @@
 """Numeric precision of a loaded model: apply one, or pick the fastest faithful one on this CPU by measuring."""
 from __future__ import annotations
 
-import json
 import platform
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
 
-from core.paths import cache_dir
+from core.common.json_cache import locked, read_json, write_json
+from core.models.paths import cache_dir
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp16-weight", "int8-dynamic", "int8-weight")
 CPU_CANDIDATES = ("fp32", "bf16", "fp16-weight", "int8-dynamic", "int8-weight")
@@ -49,6 +50,7 @@ class Measurement:
 class PrecisionChoice:
     best: str
     measured: dict[str, Measurement]
+    skipped: dict[str, str] = field(default_factory=dict)  # candidate -> why it was not measured (memory)
 
 
 def load_dtype(precision: str) -> torch.dtype:
@@ -151,7 +153,7 @@ def default_precision(device_kind: str) -> str:
 def _arch_key(model: nn.Module) -> str:
     cfg = model.config
     dims = [getattr(cfg, k, None) for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")]
-    return f"v4|{dims}|{platform.processor() or platform.machine()}|torch{torch.__version__}|t{torch.get_num_threads()}"
+    return f"v5|{dims}|{platform.processor() or platform.machine()}|torch{torch.__version__}|t{torch.get_num_threads()}"
 
 
 @torch.no_grad()
@@ -183,23 +185,40 @@ def _agreement(model: nn.Module, ids: torch.Tensor, reference: torch.Tensor) -> 
     return float((model(input_ids=ids).logits.argmax(-1) == reference).float().mean())
 
 
-def measure_cpu_precisions(fp32_model: nn.Module, ids: torch.Tensor, rounds: int = 3) -> dict[str, Measurement]:
-    """Prompt and decode speed and agreement with fp32 per candidate precision, each on its own copy.
+def copy_bytes(fp32_model: nn.Module, precision: str) -> int:
+    """Memory a candidate needs while it is built: a deep copy of the fp32 weights, plus the packed copy
+    that quantize_dynamic makes beside it."""
+    fp32_bytes = sum(t.numel() * t.element_size() for t in fp32_model.state_dict().values())
+    return fp32_bytes * (2 if precision in _DYNAMIC else 1)
 
-    Candidates take turns for `rounds` rounds and keep their best times, so a burst of load on a
-    shared machine slows one round of every candidate instead of deciding the choice.
+
+def measure_cpu_precisions(fp32_model: nn.Module, ids: torch.Tensor, rounds: int = 3,
+                           free_bytes: Callable[[], int] | None = None) -> tuple[dict[str, Measurement], dict[str, str]]:
+    """Prompt and decode speed and agreement with fp32 per candidate, and the candidates skipped (with why).
+
+    One candidate copy exists at a time and is released before the next is built, so a model that fits
+    once is never held four times over; a candidate whose copy would not fit in `free_bytes()` is skipped.
+    Each candidate keeps its best of `rounds` timings, so a burst of load on a shared machine does not decide.
     """
     import copy
+    import gc
 
     with torch.no_grad():
         reference = fp32_model(input_ids=ids).logits.argmax(-1)
-    candidates = {p: fp32_model if p == "fp32" else apply_precision(copy.deepcopy(fp32_model), p) for p in CPU_CANDIDATES}
-    agreement = {p: _agreement(m, ids, reference) for p, m in candidates.items()}  # doubles as the warm-up
-    best = {p: (float("inf"), float("inf")) for p in candidates}
-    for _ in range(rounds):
-        for p, m in candidates.items():
-            best[p] = tuple(map(min, best[p], _turn_timings(m)))
-    return {p: Measurement(*best[p], agreement[p]) for p in CPU_CANDIDATES}
+    measured, skipped = {}, {}
+    for precision in CPU_CANDIDATES:
+        need = 0 if precision == "fp32" else copy_bytes(fp32_model, precision)
+        free = free_bytes() if free_bytes else None
+        if free is not None and need > 0.8 * free:
+            skipped[precision] = f"needs {need / 2**30:.1f} GiB to build, {free / 2**30:.1f} GiB free"
+            continue
+        model = fp32_model if precision == "fp32" else apply_precision(copy.deepcopy(fp32_model), precision)
+        agreement = _agreement(model, ids, reference)  # doubles as the warm-up
+        best = min((_turn_timings(model) for _ in range(rounds)), key=lambda t: t[0] + TURN_NEW_TOKENS * t[1])
+        measured[precision] = Measurement(*best, agreement)
+        del model
+        gc.collect()
+    return measured, skipped
 
 
 def pick(measured: dict[str, Measurement]) -> str:
@@ -209,13 +228,21 @@ def pick(measured: dict[str, Measurement]) -> str:
     return best if faithful[best].turn_seconds < measured["fp32"].turn_seconds / MIN_SPEEDUP else "fp32"
 
 
-def choose_cpu_precision(fp32_model: nn.Module, tokenizer=None) -> PrecisionChoice:
-    """Fastest faithful CPU precision for this architecture, measured once and remembered on disk."""
+def choose_cpu_precision(fp32_model: nn.Module, tokenizer=None,
+                         free_bytes: Callable[[], int] | None = None) -> PrecisionChoice:
+    """Fastest faithful CPU precision for this architecture, measured once and remembered on disk.
+
+    The lock makes a second first-load of the same architecture wait for the first measurement and reuse it.
+    """
     memo = cache_dir() / "precision_choices.json"
-    known = json.loads(memo.read_text()) if memo.exists() else {}
     key = _arch_key(fp32_model)
-    if key not in known:
-        measured = measure_cpu_precisions(fp32_model, probe_ids(tokenizer))
-        known[key] = {"best": pick(measured), "measured": {p: asdict(m) for p, m in measured.items()}}
-        memo.write_text(json.dumps(known, indent=1))
-    return PrecisionChoice(known[key]["best"], {p: Measurement(**m) for p, m in known[key]["measured"].items()})
+    with locked(memo):
+        known = read_json(memo, {})
+        if key not in known:
+            measured, skipped = measure_cpu_precisions(fp32_model, probe_ids(tokenizer), free_bytes=free_bytes)
+            known[key] = {"best": pick(measured), "measured": {p: asdict(m) for p, m in measured.items()},
+                          "skipped": skipped}
+            write_json(memo, known)
+    entry = known[key]
+    return PrecisionChoice(entry["best"], {p: Measurement(**m) for p, m in entry["measured"].items()},
+                           entry.get("skipped", {}))

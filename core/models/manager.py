@@ -17,15 +17,16 @@ from typing import Any, Callable
 
 import torch
 
-from core.device import DeviceInfo, detect_device
-from core.offline import OFFLINE_MODELS, offline_folder
-from core.precision import Measurement, apply_precision, choose_cpu_precision, default_precision, load_dtype
-from core.registry import CAUSAL_LM, ENCODER, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, ZERO_SHOT, find_preset
+from core.common.errors import PlaygroundError
+from core.models.device import DeviceInfo, detect_device
+from core.models.offline import OFFLINE_MODELS, offline_folder
+from core.models.precision import Measurement, apply_precision, choose_cpu_precision, default_precision, load_dtype
+from core.models.registry import CAUSAL_LM, ENCODER, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, ZERO_SHOT, find_preset
 
 Progress = Callable[[float, str], None]
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(PlaygroundError):
     """A model could not be had; the message is written for the person who asked for it."""
 
 
@@ -50,6 +51,7 @@ class LoadedModel:
     load_seconds: float
     nbytes: int
     precision_measured: dict[str, Measurement] = field(default_factory=dict)  # CPU auto choice: what it was based on
+    precision_skipped: dict[str, str] = field(default_factory=dict)  # candidates not measured, and why (memory)
 
     @property
     def family(self) -> str:
@@ -99,9 +101,11 @@ def offline_choices() -> str:
 
 
 class ModelManager:
-    def __init__(self, device: DeviceInfo | None = None, memory_budget_bytes: int | None = None, offline: bool = False):
+    def __init__(self, device: DeviceInfo | None = None, memory_budget_bytes: int | None = None, offline: bool = False,
+                 allow_remote_code: bool = False):
         self.device = device or detect_device()
         self.offline = offline
+        self.allow_remote_code = allow_remote_code  # the operator's choice (Settings), never a visitor's
         self.memory_budget = memory_budget_bytes or int(available_memory_bytes(self.device) * 0.6)
         self._cache: OrderedDict[tuple, LoadedModel] = OrderedDict()
         self._custom: OrderedDict[str, tuple[Any, int]] = OrderedDict()
@@ -136,6 +140,9 @@ class ModelManager:
     def load(self, model_id: str, task: str = CAUSAL_LM, precision: str = "auto", attn_implementation: str | None = None,
              trust_remote_code: bool = False, progress: Progress | None = None) -> LoadedModel:
         """Return the cached model for this key, loading it (once, under a lock) if needed."""
+        if trust_remote_code and not self.allow_remote_code:
+            raise ModelLoadError("Running a model's own code is turned off on this server. The operator can allow it "
+                                 "with --allow-remote-code (or LLMPG_ALLOW_REMOTE_CODE=1).")
         key = (model_id.strip(), task, precision, self.device.kind, attn_implementation)
         with self._lock_for(key):
             if key in self._cache:
@@ -167,10 +174,11 @@ class ModelManager:
             raise ModelLoadError(self._explain_failure(model_id, resolved, err)) from err
         model.eval()
         measured: dict[str, Measurement] = {}
+        skipped: dict[str, str] = {}
         if precision == "auto" and self.device.kind == "cpu" and task == CAUSAL_LM:
             report(0.8, "Measuring the fastest precision for this CPU (once per architecture)")
-            choice = choose_cpu_precision(model, tokenizer)
-            wanted, measured = choice.best, choice.measured
+            choice = choose_cpu_precision(model, tokenizer, free_bytes=lambda: available_memory_bytes(self.device))
+            wanted, measured, skipped = choice.best, choice.measured, choice.skipped
         if self.device.kind != "cpu":
             model.to(self.device.torch_device)
         if wanted != "fp32" or self.device.kind != "cpu":
@@ -178,7 +186,7 @@ class ModelManager:
         report(1.0, f"{model_id} ready")
         return LoadedModel(model_id, task, resolved.source, resolved.path, model, tokenizer, self.device.kind, wanted,
                            bool(getattr(tokenizer, "chat_template", None)), time.perf_counter() - start,
-                           model_nbytes(model), measured)
+                           model_nbytes(model), measured, skipped)
 
     def _check_fits(self, resolved: Resolved, task: str, trust_remote_code: bool) -> None:
         """Refuse before downloading a model that cannot fit in memory."""

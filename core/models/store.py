@@ -1,13 +1,13 @@
 """Local store of models made in the playground (fine-tuned, quantized): folders with a card."""
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from core.paths import cache_dir
+from core.common.json_cache import read_json, write_json
+from core.models.paths import cache_dir
 
 CARD = "playground_card.json"
 
@@ -15,7 +15,7 @@ CARD = "playground_card.json"
 @dataclass
 class ModelCard:
     name: str
-    task: str  # a core.registry task
+    task: str  # a core.models.registry task
     base_model: str
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
     data_hash: str = ""
@@ -51,14 +51,14 @@ class ModelStore:
 
     @staticmethod
     def write_card(folder: Path, card: ModelCard) -> None:
-        (Path(folder) / CARD).write_text(json.dumps(asdict(card), indent=2))
+        write_json(Path(folder) / CARD, asdict(card))
 
     def list(self, task: str | None = None) -> list[StoredModel]:
         models = []
         for card_file in sorted(self.root.glob(f"*/{CARD}")):
             try:
-                card = ModelCard(**json.loads(card_file.read_text()))
-            except (ValueError, TypeError):
+                card = ModelCard(**read_json(card_file))
+            except TypeError:
                 continue  # a half-written or foreign card: not offered
             if task is None or card.task == task:
                 models.append(StoredModel(card_file.parent, card))

@@ -1,0 +1,1 @@
+"""Classify & NER: sequence classifiers, zero-shot labels, batch labelling, entities, confidence flags."""

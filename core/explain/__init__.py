@@ -1,0 +1,1 @@
+"""Explain: attention maps and SHAP attributions, with the methods found through a registry by task."""
