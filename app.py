@@ -28,6 +28,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="let users load models that run their own Python (LLMPG_ALLOW_REMOTE_CODE=1)")
     parser.add_argument("--allow-hub-push", action="store_true",
                         help="let users push fine-tuned models to the Hub (LLMPG_ALLOW_HUB_PUSH=1)")
+    parser.add_argument("--runtime", choices=("auto", "torch", "onnx"), default=None,
+                        help="chat runtime: auto (ONNX Runtime on a CPU when it keeps quality), torch or onnx "
+                             "(LLMPG_CHAT_RUNTIME)")
+    parser.add_argument("--chat-batch", type=int, default=None,
+                        help="chat replies decoded together at most; 1 = one at a time (LLMPG_CHAT_BATCH, default 16)")
     return parser.parse_args(argv)
 
 
@@ -35,13 +40,15 @@ def settings_from(args: argparse.Namespace):
     """Environment first (Spaces set variables), flags on top."""
     from core.common.settings import Settings
 
-    settings = Settings.classroom_defaults() if args.classroom else Settings()
-    env = Settings.from_env()
-    if env.classroom and not args.classroom:
-        settings = env
-    return dataclasses.replace(settings, allow_remote_code=args.allow_remote_code or env.allow_remote_code,
-                               allow_hub_push=args.allow_hub_push or env.allow_hub_push,
-                               allow_remote_servers=env.allow_remote_servers, api_key=env.api_key)
+    settings = Settings.from_env()
+    if args.classroom and not settings.classroom:
+        room = Settings.classroom_defaults()
+        settings = dataclasses.replace(settings, classroom=True, run_seconds=room.run_seconds,
+                                       max_train_examples=room.max_train_examples, max_new_tokens=room.max_new_tokens)
+    return dataclasses.replace(settings, allow_remote_code=args.allow_remote_code or settings.allow_remote_code,
+                               allow_hub_push=args.allow_hub_push or settings.allow_hub_push,
+                               chat_runtime=args.runtime or settings.chat_runtime,
+                               chat_batch=args.chat_batch or settings.chat_batch)
 
 
 def chosen_tabs(args: argparse.Namespace, classroom: bool) -> tuple[str, ...]:

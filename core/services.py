@@ -1,8 +1,10 @@
-"""What every tab shares: the operator's settings, the model manager, the model store and the heavy-work queue."""
+"""What every tab shares: the operator's settings, the model manager, the model store, the heavy-work queue and
+the chat engines."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from core.chat.serving import ChatRuntimes
 from core.common.settings import Settings
 from core.common.work_queue import WorkQueue
 from core.models.manager import ModelManager
@@ -17,12 +19,15 @@ class Services:
     store: ModelStore = field(default_factory=ModelStore)
     default_chat_model: str = DEFAULT_CHAT_MODEL
     work: WorkQueue | None = None
+    chat: ChatRuntimes | None = None
 
     def __post_init__(self) -> None:
         if self.manager is None:
             self.manager = ModelManager(allow_remote_code=self.settings.allow_remote_code)
         if self.work is None:
             self.work = WorkQueue(self.settings.heavy_runs_at_once, self.settings.run_seconds)
+        if self.chat is None:
+            self.chat = ChatRuntimes(self.manager, self.settings.chat_runtime, max_batch=self.settings.chat_batch)
 
     @property
     def offline(self) -> bool:

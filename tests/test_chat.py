@@ -7,17 +7,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from core.chat.generation import (
-    END_OF_TEXT,
-    LENGTH,
-    STOP_STRING,
-    STOPPED,
-    GenerationError,
-    SamplingSettings,
-    generate_reply,
-    logits_processors,
-    stream_reply,
-)
+from core.chat.engine import END_OF_TEXT, LENGTH, STOP_STRING, STOPPED, GenerationError
+from core.chat.sampling import SamplingSettings, logits_processors
+from core.chat.serving import ChatRuntimes, torch_engine
 from core.chat.prompting import (
     CHAT_TEMPLATE,
     MAX_MESSAGE_CHARS,
@@ -29,6 +21,7 @@ from core.chat.prompting import (
 )
 from core.chat.session import ChatSession, EmptyMessageError
 from core.chat.token_view import TokenStep, describe_steps, render_html
+from core.common.errors import BusyError
 from core.common.stopping import StopFlag
 from core.models.manager import ModelLoadError
 
@@ -46,7 +39,23 @@ def tiny(tiny_lm_dirs):
 @pytest.fixture
 def no_eos(monkeypatch):
     """Random tiny models can sample their end-of-text token at any step; tests of lengths and stops must not end early."""
-    monkeypatch.setattr("core.chat.generation.eos_token_ids", lambda *_: set())
+    monkeypatch.setattr("core.chat.serving.eos_ids", lambda *_: set())
+
+
+def generate_reply(model, tok, ids, settings, stop=None, stop_strings=()):
+    return torch_engine(model, tok).submit(ids, settings, stop, stop_strings).result()
+
+
+class StopAfter(StopFlag):
+    """A user who presses Stop while the n-th token is on screen: stopped from the moment the reply has n tokens."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n, self.request = n, None
+
+    @property
+    def stopped(self) -> bool:
+        return self.request is not None and len(self.request.generated) >= self.n
 
 
 def prompt_for(model, tok, message="Hello, how are you?", history=(), **kw):
@@ -123,50 +132,75 @@ def test_greedy_and_seeded_sampling_match_transformers_generate(tiny, family):
         assert reply.text == hf_generate(model, tok, ids, settings), settings
 
 
-def test_streaming_grows_the_reply_token_by_token(tiny, no_eos):
+def test_streaming_grows_the_reply(tiny, no_eos):
     model, tok = tiny["llama"]
-    chunks = list(stream_reply(model, tok, prompt_for(model, tok).input_ids, GREEDY))
-    assert [c.stats.tokens for c in chunks[:-1]] == list(range(1, 13))
-    assert all(b.text.startswith(a.text) for a, b in zip(chunks[:-2], chunks[1:-1]))
+    chunks = list(torch_engine(model, tok).submit(prompt_for(model, tok).input_ids, GREEDY).chunks(interval=0.001))
+    growing = [c.stats.tokens for c in chunks[:-1]]
+    assert growing == sorted(growing) and all(b.text.startswith(a.text) for a, b in zip(chunks[:-2], chunks[1:-1]))
     final = chunks[-1]
     assert final.done and final.stats.finish == LENGTH and final.stats.tokens == 12 and len(final.steps) == 12
     assert final.stats.first_token_s > 0 and final.stats.decode_tokens_per_s > 0
     assert "12 tokens" in final.stats.describe() and "tok/s" in final.stats.describe()
 
 
-def test_stop_flag_ends_generation_within_one_token(tiny, no_eos):
+def test_stop_ends_generation_within_one_step(tiny, no_eos):
     model, tok = tiny["gpt2"]
-    flag = StopFlag()
-    seen = 0
-    stream = stream_reply(model, tok, prompt_for(model, tok).input_ids,
-                          SamplingSettings(temperature=1.0, max_new_tokens=200, seed=1), flag)
-    for chunk in stream:
-        seen = chunk.stats.tokens
-        if seen == 3 and not flag.stopped:
-            flag.stop()  # pressed while token 3 is on screen
-    assert chunk.done and chunk.stats.finish == STOPPED and chunk.stats.tokens == 4
+    flag = StopAfter(3)
+    request = torch_engine(model, tok).submit(prompt_for(model, tok).input_ids,
+                                              SamplingSettings(temperature=1.0, max_new_tokens=200, seed=1), flag)
+    flag.request = request
+    final = request.result()
+    assert final.done and final.stats.finish == STOPPED and final.stats.tokens == 3
 
 
-def test_one_sessions_stop_does_not_stop_another(tiny, no_eos):
+def test_batched_greedy_equals_unbatched_and_one_stop_leaves_the_others(tiny, no_eos):
+    model, tok = tiny["llama"]
+    prompts = [prompt_for(model, tok, message=m).input_ids for m in ("Hi", "What is the capital of France?",
+                                                                      "Tell me a story about a fox", "Why?")]
+    settings = SamplingSettings(temperature=0, repetition_penalty=1.2, max_new_tokens=16)
+    alone = [generate_reply(model, tok, ids, settings) for ids in prompts]
+    engine = torch_engine(model, tok, max_batch=4)
+    stopper = StopAfter(5)
+    requests = [engine.submit(ids, settings, stopper if i == 2 else None) for i, ids in enumerate(prompts)]
+    stopper.request = requests[2]
+    together = [r.result() for r in requests]
+    assert max(r.stats.batch for r in together) > 1  # they really shared decode steps
+    for i, (a, b) in enumerate(zip(alone, together)):
+        if i == 2:
+            assert b.stats.finish == STOPPED and b.stats.tokens == 5 and a.text.startswith(b.text)
+        else:
+            assert b.text == a.text and b.stats.finish == LENGTH, i
+    sampled = SamplingSettings(temperature=0.9, max_new_tokens=12, seed=4)
+    assert engine.submit(prompts[0], sampled).result().text == generate_reply(model, tok, prompts[0], sampled).text
+
+
+def test_a_failing_request_fails_alone_and_a_full_queue_says_so(tiny, no_eos):
     model, tok = tiny["phi"]
     ids = prompt_for(model, tok).input_ids
-    mine, theirs = StopFlag(), StopFlag()
-    settings = SamplingSettings(temperature=1.0, max_new_tokens=30, seed=3)
-    results = {}
+    engine = torch_engine(model, tok, max_batch=2)
+    engine.max_waiting = 2
+    engine.backend.max_batch = 0  # hold both in line until they are set up
+    doomed = engine.submit(ids, SamplingSettings(temperature=1.0, max_new_tokens=30, seed=1))
+    doomed.sampler.choose = lambda logits: 1 / 0  # sampling breaks for this request only
+    healthy = engine.submit(ids, SamplingSettings(temperature=1.0, max_new_tokens=30, seed=2))
+    with pytest.raises(BusyError, match="queue is full"):
+        engine.submit(ids, GREEDY)
+    engine.backend.max_batch = 2
+    engine.notify()
+    assert doomed.result().stats.finish == "failed" and "ZeroDivisionError" in doomed.result().error
+    assert healthy.result().stats.finish == LENGTH and healthy.result().stats.tokens == 30
 
-    def run(name, flag):
-        for chunk in stream_reply(model, tok, ids, settings, flag):
-            if name == "mine" and chunk.stats.tokens == 2:
-                flag.stop()
-        results[name] = chunk.stats
 
-    threads = [threading.Thread(target=run, args=a) for a in (("mine", mine), ("theirs", theirs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert results["mine"].finish == STOPPED and results["mine"].tokens == 3
-    assert results["theirs"].finish == LENGTH and results["theirs"].tokens == 30
+def test_a_reader_that_goes_away_frees_its_slot(tiny, no_eos):
+    model, tok = tiny["gpt2"]
+    engine = torch_engine(model, tok, max_batch=1)
+    ids = prompt_for(model, tok).input_ids
+    request = engine.submit(ids, SamplingSettings(temperature=1.0, max_new_tokens=500, seed=1))
+    stream = request.chunks(interval=0.001)
+    next(stream)
+    stream.close()  # the page was closed
+    assert request.done.wait(10) and request.stats.finish == "the client went away"
+    assert engine.submit(ids, GREEDY).result().stats.tokens == 12  # the slot is free
 
 
 def test_same_seed_same_reply_and_a_different_seed_differs(tiny, no_eos):
@@ -248,32 +282,32 @@ def test_token_view_records_probabilities_and_escapes_html(tiny):
 def test_session_send_retry_undo_clear(services, tiny_lm_dirs):
     session = ChatSession(str(tiny_lm_dirs["llama"]))
     settings = SamplingSettings(temperature=1.0, max_new_tokens=6, seed=11)
-    updates = list(session.reply(services.manager, "Hello", settings))
+    updates = list(session.reply(services.chat, "Hello", settings))
     assert updates[-1].done and updates[-1].tokens and not any(u.done for u in updates[:-1])
     assert [t.user for t in session.turns] == ["Hello"] and len(session.stats) == 1
     first = session.turns[0].reply
-    list(session.retry(services.manager, settings))
+    list(session.retry(services.chat, settings))
     assert len(session.turns) == 1 and session.turns[0].reply == first  # same seed, same reply
-    list(session.reply(services.manager, "And then?", settings))
+    list(session.reply(services.chat, "And then?", settings))
     assert session.undo() == "And then?" and len(session.turns) == 1
     session.clear()
     assert session.turns == [] and session.stats == [] and session.undo() == ""
     with pytest.raises(EmptyMessageError):
-        next(session.reply(services.manager, "  \n", settings))
+        next(session.reply(services.chat, "  \n", settings))
     with pytest.raises(EmptyMessageError):
-        next(session.retry(services.manager, settings))
+        next(session.retry(services.chat, settings))
 
 
 def test_unknown_model_keeps_the_previous_one_and_a_model_change_stops_the_reply(services, tiny_lm_dirs, no_eos):
     session = ChatSession(str(tiny_lm_dirs["gpt2"]))
-    stream = session.reply(services.manager, "Hi", SamplingSettings(temperature=1.0, max_new_tokens=100, seed=2))
+    stream = session.reply(services.chat, "Hi", SamplingSettings(temperature=1.0, max_new_tokens=100, seed=2))
     next(stream)
     with pytest.raises(ModelLoadError, match="not-a-real-model"):
-        session.load(services.manager, "not-a-real-model")
+        session.load(services.chat, "not-a-real-model")
     assert session.model_id == str(tiny_lm_dirs["gpt2"])
     assert list(stream)[-1].stats[-1].finish == STOPPED  # switching model stopped the running reply
-    session.load(services.manager, str(tiny_lm_dirs["phi"]))
-    assert session.model(services.manager).family == "phi"
+    session.load(services.chat, str(tiny_lm_dirs["phi"]))
+    assert session.served(services.chat).family == "phi"
 
 
 def test_session_survives_gradio_state_copy(tiny_lm_dirs):
@@ -287,6 +321,6 @@ def test_session_survives_gradio_state_copy(tiny_lm_dirs):
 @pytest.mark.real_model
 def test_smollm2_knows_the_capital_of_france(services):
     session = ChatSession(services.default_chat_model)
-    *_, last = session.reply(services.manager, "What is the capital of France?",
+    *_, last = session.reply(services.chat, "What is the capital of France?",
                              SamplingSettings(temperature=0, max_new_tokens=24))
     assert "Paris" in last.turns[-1].reply

@@ -40,8 +40,15 @@ def test_an_unknown_model_keeps_the_previous_one(client, tiny_lm_dirs):
     client.predict(api_name="/chat_clear")
 
 
-def test_two_users_chat_at_once_and_stop_only_their_own_reply(app_url, tiny_lm_dirs, monkeypatch):
-    monkeypatch.setattr("core.chat.generation.eos_token_ids", lambda *_: set())  # random tiny models: no early end of text
+@pytest.fixture
+def no_eos(services, monkeypatch):
+    """Random tiny models can end a reply at any step: engines built now or earlier never see end of text."""
+    monkeypatch.setattr("core.chat.serving.eos_ids", lambda *_: set())
+    for served in services.chat.served():
+        monkeypatch.setattr(served.engine, "eos_ids", set())
+
+
+def test_two_users_chat_at_once_and_stop_only_their_own_reply(app_url, tiny_lm_dirs, no_eos):
     alice, bob = Client(app_url, verbose=False), Client(app_url, verbose=False)
     for user in (alice, bob):
         load(user, tiny_lm_dirs["phi"])
@@ -60,8 +67,24 @@ def test_two_users_chat_at_once_and_stop_only_their_own_reply(app_url, tiny_lm_d
     assert "40 tokens" in bob_reply["out"][2] and "max new tokens" in bob_reply["out"][2]
 
 
-def test_changing_model_stops_a_running_reply(app_url, tiny_lm_dirs, monkeypatch):
-    monkeypatch.setattr("core.chat.generation.eos_token_ids", lambda *_: set())
+def test_eight_users_at_once_share_decode_steps_and_one_stop_leaves_the_rest(app_url, tiny_lm_dirs, no_eos):
+    users = [Client(app_url, verbose=False) for _ in range(8)]
+    for user in users:
+        load(user, tiny_lm_dirs["llama"])
+    jobs = [user.submit(message=f"Tell me about topic number {i}", temperature=0.8, max_new_tokens=60, seed=i,
+                        api_name="/chat_send") for i, user in enumerate(users)]
+    while not jobs[0].outputs():
+        time.sleep(0.02)
+    users[0].predict(api_name="/chat_stop")
+    results = [job.result() for job in jobs]
+    assert "stopped by user" in results[0][2]
+    for chatbot, _box, status, *_ in results[1:]:
+        assert "60 tokens" in status and "max new tokens" in status, status
+    assert len({reply_text(r[0]) for r in results[1:]}) == 7  # each user got their own reply
+    assert any("batched with" in r[2] for r in results[1:])
+
+
+def test_changing_model_stops_a_running_reply(app_url, tiny_lm_dirs, no_eos):
     user = Client(app_url, verbose=False)
     load(user, tiny_lm_dirs["gpt2"])
     job = user.submit(message="Go on", temperature=1.0, max_new_tokens=400, seed=3, api_name="/chat_send")

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import core.models.precision as precision
-from core.chat.generation import SamplingSettings, generate_reply
+from core.chat.sampling import SamplingSettings
+from core.chat.serving import torch_engine
 from core.models.device import configure_threads
 from core.models.manager import LoadedModel, ModelLoadError, ModelManager
 from core.models.registry import DEFAULT_CHAT_MODEL, OFFLINE_ENCODER
@@ -83,9 +84,10 @@ def test_concurrent_loads_of_one_key_load_once(manager, tiny_lm_dirs, monkeypatc
 
 
 def test_least_recently_used_models_are_evicted_under_the_budget(tiny_lm_dirs):
-    size = ModelManager(offline=True).load(str(tiny_lm_dirs["gpt2"]), precision="fp32").nbytes
-    small = ModelManager(offline=True, memory_budget_bytes=int(size * 2.5))
     gpt2, llama, phi = (str(tiny_lm_dirs[f]) for f in ("gpt2", "llama", "phi"))
+    sizes = {f: ModelManager(offline=True).load(f, precision="fp32").nbytes for f in (gpt2, llama, phi)}
+    # room for gpt2 and phi together, not for all three
+    small = ModelManager(offline=True, memory_budget_bytes=sizes[gpt2] + sizes[phi] + sizes[llama] // 2)
     small.load(gpt2, precision="fp32")
     small.load(llama, precision="fp32")
     small.load(gpt2, precision="fp32")  # gpt2 is now the most recently used
@@ -158,8 +160,8 @@ def test_fp16_weight_replies_like_fp32_in_half_the_linear_bytes(manager, tiny_lm
     assert half.nbytes == fp32.nbytes + change < fp32.nbytes
     prompt = fp32.tokenizer("The history of France", return_tensors="pt").input_ids[0].tolist()
     settings = SamplingSettings(temperature=0, max_new_tokens=12)
-    assert generate_reply(half.model, half.tokenizer, prompt, settings).text == \
-        generate_reply(fp32.model, fp32.tokenizer, prompt, settings).text
+    assert torch_engine(half.model, half.tokenizer).submit(prompt, settings).result().text == \
+        torch_engine(fp32.model, fp32.tokenizer).submit(prompt, settings).result().text
 
 
 def test_int8_weight_linear_matches_the_float_layer_and_skips_odd_widths():

@@ -59,7 +59,8 @@ def build_causal_lm(folder: Path, family: str) -> Path:
         model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                              hidden_size=64, intermediate_size=128, max_position_embeddings=256, **common))
     elif family == "phi":
-        model = PhiForCausalLM(PhiConfig(num_hidden_layers=2, num_attention_heads=4, hidden_size=64,
+        # head size 32: ONNX Runtime's rotary kernel needs phi's partial rotary width to be a multiple of 16
+        model = PhiForCausalLM(PhiConfig(num_hidden_layers=2, num_attention_heads=4, hidden_size=128,
                                          intermediate_size=128, max_position_embeddings=256, **common))
     elif family == "phi3":
         model = Phi3ForCausalLM(Phi3Config(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,

@@ -1,17 +1,19 @@
 """Chat tab: layout and event wiring; the conversation logic lives in core.chat.session."""
 from __future__ import annotations
 
+import html
 from functools import partial
 
 import gradio as gr
 
-from core.chat.generation import ReplyStats, SamplingSettings
+from core.chat.engine import ReplyStats
+from core.chat.sampling import SamplingSettings
+from core.chat.serving import ServedModel
 from core.chat.prompting import CHAT_TEMPLATE, DEFAULT_SYSTEM_PROMPT, Turn
 from core.chat.session import ChatSession, ChatUpdate, EmptyMessageError
 from core.chat.token_view import render_html
 from core.common.errors import InputError, PlaygroundError
 from core.models.device import on_gpu
-from core.models.manager import LoadedModel
 from core.models.precision import MIN_AGREEMENT, TURN_NEW_TOKENS, TURN_PROMPT_TOKENS
 from core.models.registry import CAUSAL_LM
 from core.services import Services
@@ -28,15 +30,27 @@ def chat_messages(turns: list[Turn], stats: list[ReplyStats | None]) -> list[dic
     return messages
 
 
-def model_summary(loaded: LoadedModel) -> str:
-    prompt_format = CHAT_TEMPLATE if loaded.is_chat else "plain continuation (base model: see the prompt below)"
-    measured = ", ".join(f"{p} {m.prefill_s:.2f} s prompt + {m.token_s * 1000:.0f} ms/token ({m.agreement:.0%} same "
-                         f"predictions)" for p, m in loaded.precision_measured.items())
-    return (f"✅ **{loaded.model_id}** · {loaded.family} · **{loaded.precision}** on **{loaded.device}** · "
-            f"{loaded.nbytes / 2**20:,.1f} MiB · prompt: {prompt_format}"
-            + (f"<br><span class='notice'>Auto precision, measured once for this CPU: {measured}. "
-               f"Chosen: the fastest chat turn ({TURN_PROMPT_TOKENS}-token prompt, {TURN_NEW_TOKENS} new tokens) among "
-               f"those that keep ≥{MIN_AGREEMENT:.0%} of fp32's next-token predictions.</span>" if measured else ""))
+def model_summary(served: ServedModel) -> str:
+    """What serves the model and how faithfully: runtime, precision, agreement with fp32, perplexity."""
+    prompt_format = CHAT_TEMPLATE if served.is_chat else "plain continuation (base model: see the prompt below)"
+    lines = [f"✅ **{served.model_id}** · {served.family} · **{served.backend.describe()}** · prompt: {prompt_format}"]
+    if served.quality is not None:
+        lines.append(f"Quality: {served.quality.describe()}.")
+    details = []
+    if served.measured:
+        details.append("ONNX exports measured: " + "; ".join(f"{p}: {q.describe()}, {q.decode_tok_s:.0f} tok/s"
+                                                            for p, q in served.measured.items()))
+    if served.loaded is not None and served.loaded.precision_measured:
+        measured = ", ".join(f"{p} {m.prefill_s:.2f} s prompt + {m.token_s * 1000:.0f} ms/token ({m.agreement:.0%} "
+                             "same predictions)" for p, m in served.loaded.precision_measured.items())
+        details.append(f"PyTorch precisions measured once for this CPU: {measured}. Chosen: the fastest chat turn "
+                       f"({TURN_PROMPT_TOKENS}-token prompt, {TURN_NEW_TOKENS} new tokens) keeping "
+                       f"≥{MIN_AGREEMENT:.0%} of fp32's next-token predictions.")
+    details += served.notices + served.backend.notes
+    if details:  # folded away: long on a phone
+        lines.append("<details><summary>How this runtime was chosen</summary><span class='notice'>"
+                     + "<br>".join(html.escape(d) for d in details) + "</span></details>")
+    return "<br>".join(lines)
 
 
 class ChatHandlers:
@@ -47,7 +61,7 @@ class ChatHandlers:
 
     def load_model(self, session: ChatSession, model_id: str, allow_remote_code: bool, progress=gr.Progress()) -> str:
         try:
-            return model_summary(session.load(self.services.manager, model_id, allow_remote_code,
+            return model_summary(session.load(self.services.chat, model_id, allow_remote_code,
                                               progress_callback(progress)))
         except PlaygroundError as err:
             gr.Warning(str(err))
@@ -57,14 +71,14 @@ class ChatHandlers:
     def send(self, session: ChatSession, message: str, system: str, temperature: float, top_k: int, top_p: float,
              min_p: float, repetition_penalty: float, max_new_tokens: int, seed: int, progress=gr.Progress()):
         yield from self._stream(session, message, lambda p: session.reply(
-            self.services.manager, message, self._settings(temperature, top_k, top_p, min_p, repetition_penalty,
+            self.services.chat, message, self._settings(temperature, top_k, top_p, min_p, repetition_penalty,
                                                            max_new_tokens, seed), system, p), progress)
 
     @on_gpu
     def retry(self, session: ChatSession, system: str, temperature: float, top_k: int, top_p: float, min_p: float,
               repetition_penalty: float, max_new_tokens: int, seed: int, progress=gr.Progress()):
         yield from self._stream(session, "", lambda p: session.retry(
-            self.services.manager, self._settings(temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens,
+            self.services.chat, self._settings(temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens,
                                                   seed), system, p), progress)
 
     def _settings(self, *values) -> SamplingSettings:
@@ -93,11 +107,11 @@ class ChatHandlers:
     @staticmethod
     def _view(update: ChatUpdate):
         stats = update.stats[-1] if update.stats else None
-        status = "\n\n".join([f"⚠️ {n}" for n in update.notices]
+        status = "\n\n".join([f"⚠️ {n}" for n in update.notices] + ([f"⏳ {update.waiting}"] if update.waiting else [])
                              + ([f"**Last reply:** {stats.describe()}"] if stats and update.done else []))
         tokens = render_html(update.tokens) if update.done else gr.skip()
         return (chat_messages(update.turns, update.stats), "", status, tokens, update.prompt.text,
-                model_summary(update.model))
+                model_summary(update.served))
 
     @staticmethod
     def stop(session: ChatSession) -> None:
@@ -158,7 +172,8 @@ def build_tab(shell) -> dict[str, gr.Component]:
 
     settings = [system, temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens, seed]
     stream_outputs = [chatbot, message, status, token_view, prompt, model_info]
-    generating = dict(concurrency_limit=4, concurrency_id="chat_generate", show_progress="minimal")
+    # Replies wait in the engine's own line (which shows each user their place) and decode in batches there.
+    generating = dict(concurrency_limit=64, concurrency_id="chat_generate", show_progress="minimal")
     gr.on([message.submit, send.click], handlers.send, [session, message, *settings], stream_outputs,
           api_name="chat_send", **generating)
     retry.click(handlers.retry, [session, *settings], stream_outputs, api_name="chat_retry", **generating)

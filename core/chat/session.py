@@ -1,8 +1,9 @@
 """One user's conversation: its turns, its chosen model and the stop flag of its running reply.
 
 A session lives in the user's gr.State (never a module global), so two people chatting at once
-share the loaded model objects through the ModelManager but nothing else. Its RunControl gives each
-reply a fresh StopFlag: Stop, a model change or a new message ends only this session's running reply.
+share the served models (one engine per model batches everyone's replies) but nothing else. Its
+RunControl gives each reply a fresh StopFlag: Stop, a model change or a new message ends only this
+session's running reply.
 """
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ import copy
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from core.chat.generation import ReplyStats, SamplingSettings, stream_reply
-from core.chat.prompting import DEFAULT_SYSTEM_PROMPT, Prompt, Turn, build_prompt, context_length
+from core.chat.engine import FAILED, GenerationError, ReplyStats
+from core.chat.prompting import DEFAULT_SYSTEM_PROMPT, Prompt, Turn, build_prompt
+from core.chat.sampling import SamplingSettings
+from core.chat.serving import ChatRuntimes, ServedModel
 from core.chat.token_view import TokenInfo, describe_steps
 from core.common.errors import InputError
 from core.common.stopping import RunControl
-from core.models.manager import LoadedModel, ModelManager
-from core.models.registry import CAUSAL_LM
 
 Progress = Callable[[float, str], None]
 
@@ -33,9 +34,10 @@ class ChatUpdate:
     stats: list[ReplyStats | None]
     prompt: Prompt
     notices: list[str]
-    model: LoadedModel
+    served: ServedModel
     done: bool = False
     tokens: list[TokenInfo] = field(default_factory=list)
+    waiting: str = ""  # while the reply waits in line: the place and estimated wait
 
 
 @dataclass
@@ -54,45 +56,48 @@ class ChatSession:
     def stop(self) -> None:
         self.control.stop()
 
-    def load(self, manager: ModelManager, model_id: str, trust_remote_code: bool = False,
-             progress: Progress | None = None) -> LoadedModel:
+    def load(self, runtimes: ChatRuntimes, model_id: str, trust_remote_code: bool = False,
+             progress: Progress | None = None) -> ServedModel:
         """Switch model: the running reply stops first; on ModelLoadError the current model stays."""
         self.stop()
-        loaded = manager.load(model_id, CAUSAL_LM, trust_remote_code=trust_remote_code, progress=progress)
-        self.model_id, self.trust_remote_code = loaded.model_id, trust_remote_code
-        return loaded
+        served = runtimes.serve(model_id, trust_remote_code, progress)
+        self.model_id, self.trust_remote_code = served.model_id, trust_remote_code
+        return served
 
-    def model(self, manager: ModelManager, progress: Progress | None = None) -> LoadedModel:
-        return manager.load(self.model_id, CAUSAL_LM, trust_remote_code=self.trust_remote_code, progress=progress)
+    def served(self, runtimes: ChatRuntimes, progress: Progress | None = None) -> ServedModel:
+        return runtimes.serve(self.model_id, self.trust_remote_code, progress)
 
-    def reply(self, manager: ModelManager, message: str, settings: SamplingSettings, system: str = DEFAULT_SYSTEM_PROMPT,
-              progress: Progress | None = None) -> Iterator[ChatUpdate]:
+    def reply(self, runtimes: ChatRuntimes, message: str, settings: SamplingSettings,
+              system: str = DEFAULT_SYSTEM_PROMPT, progress: Progress | None = None) -> Iterator[ChatUpdate]:
         """Stream the model's reply to `message`; the turn (even a stopped, partial one) joins the history."""
         if not message.strip():
             raise EmptyMessageError("Type a message first: an empty message is not sent.")
         flag = self.control.begin()  # a reply still running in this session ends before the new one starts
-        loaded = self.model(manager, progress)
-        prompt = build_prompt(loaded.tokenizer, self.turns, message, use_template=loaded.is_chat, system=system,
-                              context=context_length(loaded.model, loaded.tokenizer),
-                              max_new_tokens=settings.max_new_tokens)
+        served = self.served(runtimes, progress)
+        prompt = build_prompt(served.tokenizer, self.turns, message, use_template=served.is_chat, system=system,
+                              context=served.context, max_new_tokens=settings.max_new_tokens)
+        notices = served.notices + prompt.notices
+        request = served.engine.submit(prompt.input_ids, settings, flag, prompt.stop_strings)
         chunk = None
-        for chunk in stream_reply(loaded.model, loaded.tokenizer, prompt.input_ids, settings, flag, prompt.stop_strings):
+        for chunk in request.chunks():
             if not chunk.done:
                 yield ChatUpdate(self.turns + [Turn(prompt.message, chunk.text)], self.stats + [chunk.stats], prompt,
-                                 prompt.notices, loaded)
+                                 notices, served, waiting=chunk.waiting)
+        if chunk.stats.finish == FAILED:
+            raise GenerationError(f"The reply failed and was not added to the conversation: {chunk.error}")
         # Trimmed turns stay on screen; the next prompt trims again from what fits.
         self.turns.append(Turn(prompt.message, chunk.text))
         self.stats.append(chunk.stats)
-        yield ChatUpdate(list(self.turns), list(self.stats), prompt, prompt.notices, loaded, done=True,
-                         tokens=describe_steps(loaded.tokenizer, chunk.steps))
+        yield ChatUpdate(list(self.turns), list(self.stats), prompt, notices, served, done=True,
+                         tokens=describe_steps(served.tokenizer, chunk.steps))
 
-    def retry(self, manager: ModelManager, settings: SamplingSettings, system: str = DEFAULT_SYSTEM_PROMPT,
+    def retry(self, runtimes: ChatRuntimes, settings: SamplingSettings, system: str = DEFAULT_SYSTEM_PROMPT,
               progress: Progress | None = None) -> Iterator[ChatUpdate]:
         """Answer the last message again (a random or changed seed gives a different reply)."""
         if not self.turns:
             raise EmptyMessageError("Nothing to retry yet: send a message first.")
         message = self.undo()
-        yield from self.reply(manager, message, settings, system, progress)
+        yield from self.reply(runtimes, message, settings, system, progress)
 
     def undo(self) -> str:
         """Remove the last turn and give back its message, for editing."""

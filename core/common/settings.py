@@ -34,6 +34,8 @@ class Settings:
     max_train_examples: int = 100_000  # size budget of one fine-tuning run
     max_new_tokens: int = 1024  # longest reply a chat request may ask for
     api_key: str = ""  # required by the OpenAI-compatible API when set
+    chat_runtime: str = "auto"  # auto: ONNX Runtime on a CPU when an export keeps quality, else PyTorch; or torch, onnx
+    chat_batch: int = 16  # chat replies decoded together at most (continuous batching); 1 = one at a time
 
     @classmethod
     def classroom_defaults(cls) -> Settings:
@@ -52,6 +54,8 @@ class Settings:
             max_train_examples=int(env_number("LLMPG_MAX_TRAIN_EXAMPLES", base.max_train_examples)),
             max_new_tokens=int(env_number("LLMPG_MAX_NEW_TOKENS", base.max_new_tokens)),
             api_key=os.environ.get("LLMPG_API_KEY", ""),
+            chat_runtime=os.environ.get("LLMPG_CHAT_RUNTIME", base.chat_runtime),
+            chat_batch=int(env_number("LLMPG_CHAT_BATCH", base.chat_batch)),
         )
 
     def describe(self) -> str:
@@ -59,5 +63,6 @@ class Settings:
         on = [name for name in ("allow_remote_code", "allow_hub_push", "allow_remote_servers", "classroom")
               if getattr(self, name)]
         return (f"settings: {', '.join(on) or 'defaults'}; heavy runs {self.heavy_runs_at_once} at once, "
-                f"{self.run_seconds:.0f} s each; max new tokens {self.max_new_tokens}; "
+                f"{self.run_seconds:.0f} s each; max new tokens {self.max_new_tokens}; chat runtime {self.chat_runtime}, "
+                f"batches of up to {self.chat_batch}; "
                 f"API key {'set' if self.api_key else 'not set'}")
