@@ -1,12 +1,13 @@
-"""Chat speed: decode tokens/s and time to first token of the default chat model as the app runs it,
-next to a naive baseline (transformers pipeline("text-generation") at fp32, default settings), in one run.
+"""Chat speed for one user: the app's engine as it serves the default model, the same engine on PyTorch fp32, and a
+naive baseline (transformers `pipeline("text-generation")` at fp32), side by side in one run.
 
-    PYTHONPATH=. .venv/bin/python bench/chat_speed.py [--rounds 3] [--tokens 64]
+    PYTHONPATH=. .venv/bin/python bench/chat_speed.py [--rounds 3] [--tokens 128]
 
-Both sides answer the same chat prompt (about 50 tokens), greedily (the model's generation config
-has no sampling, so that is the pipeline's default too). Each side runs `--rounds` times, interleaved,
-and the best round counts: the cores are shared, and noise only ever makes a round slower.
-Threads: 2, or $LLMPG_THREADS.
+All three answer the same chat prompt (about 50 tokens) greedily. Rounds are interleaved and each side keeps its
+best round: the cores are shared, and noise only ever makes a round slower. The app's row also prints what the
+runtime choice measured: next-token agreement with fp32 on the probe text and perplexity on
+assets/eval_text.txt. Threads: 2, or $LLMPG_THREADS. Targets (issue 10): ratio >= 7 with agreement >= 0.90,
+perplexity within 3 % of fp32, first token < 0.1 s.
 """
 from __future__ import annotations
 
@@ -20,13 +21,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-
-from core.chat.generation import SamplingSettings, stream_reply  # noqa: E402
-from core.chat.prompting import DEFAULT_SYSTEM_PROMPT, build_prompt, context_length  # noqa: E402
+from core.chat.prompting import build_prompt  # noqa: E402
+from core.chat.sampling import SamplingSettings  # noqa: E402
+from core.chat.serving import ChatRuntimes, torch_engine  # noqa: E402
 from core.models.device import configure_threads  # noqa: E402
-from core.models.manager import ModelLoadError, ModelManager  # noqa: E402
-from core.models.registry import DEFAULT_CHAT_MODEL  # noqa: E402
+from core.models.manager import ModelManager  # noqa: E402
+from core.models.registry import CAUSAL_LM, DEFAULT_CHAT_MODEL  # noqa: E402
 
 PROMPT_TOKENS = 50
 QUESTION = ("Write a long, detailed story about a young dragon who learns to read in a village library, "
@@ -40,10 +40,6 @@ class Run:
     decode_tok_s: float
 
 
-def rate(stamps: list[float]) -> float:
-    return (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else 0.0
-
-
 def question_for(tokenizer, want: int) -> str:
     """The longest prefix of QUESTION whose chat prompt stays within `want` tokens."""
     words = QUESTION.split()
@@ -54,16 +50,10 @@ def question_for(tokenizer, want: int) -> str:
     return words[0]
 
 
-def run_engine(loaded, question: str, tokens: int) -> Run:
-    """What the chat tab does per message: build the prompt, stream the reply."""
-    start = time.perf_counter()
-    prompt = build_prompt(loaded.tokenizer, [], question, use_template=loaded.is_chat,
-                          context=context_length(loaded.model, loaded.tokenizer), max_new_tokens=tokens)
-    stamps = [time.perf_counter() for _ in stream_reply(loaded.model, loaded.tokenizer, prompt.input_ids,
-                                                        SamplingSettings(temperature=0, repetition_penalty=1.0,
-                                                                         max_new_tokens=tokens), record_steps=True)]
-    stamps = stamps[:-1] or stamps  # the last chunk repeats the final token with the stats
-    return Run(len(stamps), stamps[0] - start, rate(stamps))
+def run_engine(engine, ids: list[int], tokens: int) -> Run:
+    """What the Chat tab does per message, from submission to the last token."""
+    reply = engine.submit(ids, SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=tokens)).result()
+    return Run(reply.stats.tokens, reply.stats.first_token_s, reply.stats.decode_tokens_per_s or 0.0)
 
 
 class TimingStreamer:
@@ -82,46 +72,58 @@ class TimingStreamer:
         pass
 
 
-def run_baseline(pipe, question: str, tokens: int) -> Run:
+def run_pipeline(pipe, question: str, tokens: int) -> Run:
+    """The naive way: one pipeline call on the chat messages (it applies the chat template itself)."""
     streamer = TimingStreamer()
-    messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": question}]
     start = time.perf_counter()
-    pipe(messages, max_new_tokens=tokens, streamer=streamer)
-    return Run(len(streamer.stamps), streamer.stamps[0] - start, rate(streamer.stamps))
+    pipe([{"role": "user", "content": question}], max_new_tokens=tokens, do_sample=False, streamer=streamer)
+    stamps = streamer.stamps
+    rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else 0.0
+    return Run(len(stamps), stamps[0] - start, rate)
+
+
+def best(runs: list[Run]) -> Run:
+    return max(runs, key=lambda r: r.decode_tok_s)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=128)
     args = parser.parse_args()
-    threads = configure_threads(int(os.environ.get("LLMPG_THREADS", "2")))
+    threads = configure_threads()
     manager = ModelManager(offline=True)
-    try:
-        loaded = manager.load(DEFAULT_CHAT_MODEL)
-    except ModelLoadError as err:
-        print(f"skipped: the default chat model is not available offline ({err})")
-        return 0
+    served = ChatRuntimes(manager).serve(DEFAULT_CHAT_MODEL, progress=lambda f, m: print(f"  [{f:4.0%}] {m}",
+                                                                                         flush=True))
+    fp32 = manager.load(DEFAULT_CHAT_MODEL, CAUSAL_LM, precision="fp32")
+    question = question_for(served.tokenizer, PROMPT_TOKENS)
+    prompt = build_prompt(served.tokenizer, [], question, use_template=True)
     from transformers import pipeline
 
-    pipe = pipeline("text-generation", model=loaded.path, dtype=torch.float32)
-    question = question_for(loaded.tokenizer, PROMPT_TOKENS)
-    prompt_len = len(build_prompt(loaded.tokenizer, [], question, use_template=True).input_ids)
-    print(f"{DEFAULT_CHAT_MODEL}: engine {loaded.precision} (app's auto choice), baseline pipeline fp32; "
-          f"{threads} threads; prompt {prompt_len} tokens; up to {args.tokens} new tokens, greedy")
-    run_engine(loaded, question, 4), run_baseline(pipe, question, 4)  # warm-up: first calls pay one-off costs
-    engine, baseline = [], []
-    for n in range(args.rounds):
-        engine.append(run_engine(loaded, question, args.tokens))
-        baseline.append(run_baseline(pipe, question, args.tokens))
-        print(f"  round {n + 1}: engine {engine[-1].decode_tok_s:5.1f} tok/s, TTFT {engine[-1].first_token_s:.3f} s "
-              f"({engine[-1].tokens} tok) | baseline {baseline[-1].decode_tok_s:5.1f} tok/s, "
-              f"TTFT {baseline[-1].first_token_s:.3f} s ({baseline[-1].tokens} tok)")
-    best_e, best_b = max(r.decode_tok_s for r in engine), max(r.decode_tok_s for r in baseline)
-    ttft_e, ttft_b = min(r.first_token_s for r in engine), min(r.first_token_s for r in baseline)
-    print(f"engine {best_e:.1f} tok/s | baseline {best_b:.1f} tok/s | ratio {best_e / best_b:.2f}")
-    print(f"TTFT ({prompt_len}-token prompt): engine {ttft_e:.3f} s | baseline {ttft_b:.3f} s "
-          f"| target < 0.5 s: {'met' if ttft_e < 0.5 else 'missed'}")
+    pipe = pipeline("text-generation", model=fp32.path, dtype="float32", device="cpu")
+    sides = {f"app engine ({served.backend.describe()})": lambda: run_engine(served.engine, prompt.input_ids,
+                                                                              args.tokens),
+             "engine on PyTorch fp32": lambda: run_engine(torch_engine(fp32.model, fp32.tokenizer), prompt.input_ids,
+                                                          args.tokens),
+             "pipeline fp32": lambda: run_pipeline(pipe, question, args.tokens)}
+    for run in sides.values():
+        run()  # warm-up: first calls pay one-off costs
+    runs: dict[str, list[Run]] = {name: [] for name in sides}
+    for _ in range(args.rounds):
+        for name, run in sides.items():
+            runs[name].append(run())
+    print(f"threads {threads} | {DEFAULT_CHAT_MODEL} | prompt {len(prompt.input_ids)} tokens | greedy, up to "
+          f"{args.tokens} new | best of {args.rounds} interleaved rounds")
+    results = {name: best(r) for name, r in runs.items()}
+    for name, r in results.items():
+        print(f"{name:52s} {r.decode_tok_s:7.1f} tok/s | first token {r.first_token_s:.3f} s | {r.tokens} tokens")
+    app, engine_fp32, baseline = results.values()
+    print(f"ratio {app.decode_tok_s / baseline.decode_tok_s:.2f} (app engine / pipeline fp32) | engine fp32 / "
+          f"pipeline {engine_fp32.decode_tok_s / baseline.decode_tok_s:.2f}")
+    if served.quality:
+        q = served.quality
+        print(f"quality of what serves: agreement {q.agreement:.3f} (target >= 0.90) | perplexity {q.perplexity:.2f} vs "
+              f"fp32 {q.fp32_perplexity:.2f} ({q.perplexity / q.fp32_perplexity - 1:+.1%}, target within 3 %)")
     return 0
 
 

@@ -126,3 +126,18 @@ def test_api_seed_and_remote_code_get_clear_messages(client, tiny_lm_dirs):
     assert "Seed must be between -1 and" in status
     info = client.predict(model_id=str(tiny_lm_dirs["gpt2"]), allow_remote_code=True, api_name="/chat_load_model")
     assert "turned off on this server" in info
+
+
+def test_classroom_mode_hides_heavy_tabs_and_caps_replies(monkeypatch):
+    import app
+
+    monkeypatch.delenv("LLMPG_CLASSROOM", raising=False)
+    args = app.parse_args(["--classroom"])
+    settings = app.settings_from(args)
+    assert settings.classroom and settings.max_new_tokens == 256 and settings.run_seconds == 300
+    assert app.chosen_tabs(args, settings.classroom) == ("chat", "classify", "explain", "bias")
+    monkeypatch.setenv("LLMPG_CLASSROOM", "1")  # the same on a Space, through its variables
+    assert app.settings_from(app.parse_args([])).classroom
+    monkeypatch.setenv("LLMPG_CLASSROOM", "0")
+    plain = app.settings_from(app.parse_args(["--runtime", "torch", "--chat-batch", "4"]))
+    assert not plain.classroom and plain.chat_runtime == "torch" and plain.chat_batch == 4 and not plain.allow_remote_code

@@ -70,3 +70,22 @@ def test_without_the_runtime_or_when_the_export_fails_pytorch_serves_and_says_wh
     assert broken.engine.submit(broken.tokenizer("Hi")["input_ids"], GREEDY).result().done
     gpt2 = ChatRuntimes(ModelManager(offline=True), prefer=ONNX).serve(str(tiny_lm_dirs["gpt2"]))
     assert gpt2.backend.runtime == "PyTorch" and any("does not handle the 'gpt2'" in n for n in gpt2.notices)
+
+
+def test_the_cpu_runtime_precisions_are_quantize_rows(home, tiny_lm_dirs):
+    from core.quantize.metrics import EvalSettings, compare_variants
+    from core.quantize.variants import register_variant
+    from core.common.errors import InputError
+
+    loaded = ModelManager(offline=True).load(str(tiny_lm_dirs["llama"]), precision="fp32")
+    text = "The capital of France is Paris. " * 20
+    *_, comparison = compare_variants(loaded.model_id, "causal-lm", loaded.model, loaded.tokenizer, ["onnx-int8"], text,
+                                      settings=EvalSettings(max_eval_tokens=128, decode_tokens=4, repeats=1))
+    fp32, onnx = comparison.results
+    assert onnx.status == "ok", onnx.notes
+    folder = onnx_runtime.export_folder(tiny_lm_dirs["llama"], "int8")
+    assert onnx.size_mb == pytest.approx(onnx_runtime.onnx_bytes(folder) / 2**20)
+    assert 0 <= onnx.top1_agreement <= 1 and onnx.perplexity > 1 and onnx.decode_tok_s > 0
+    assert "onnxruntime-genai export" in onnx.notes and onnx.compressed_share > 0.5
+    with pytest.raises(InputError, match="already runs this model on ONNX Runtime"):
+        register_variant(ModelManager(offline=True), loaded, "onnx-int8", None)

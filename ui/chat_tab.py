@@ -20,13 +20,15 @@ from core.services import Services
 from ui.components import model_picker, progress_callback
 
 
-def chat_messages(turns: list[Turn], stats: list[ReplyStats | None]) -> list[dict]:
-    """Chatbot messages, each reply followed by its tokens, tokens/s and time to first token."""
+def chat_messages(turns: list[Turn], stats: list[ReplyStats | None], waiting: str = "") -> list[dict]:
+    """Chatbot messages, each reply followed by its tokens, tokens/s and time to first token; a reply still waiting
+    in line shows its place instead."""
     messages = []
     for turn, stat in zip(turns, stats):
-        line = f"\n\n<sub>{stat.describe()}</sub>" if stat else ""
+        line = f"\n\n<sub>{stat.describe()}</sub>" if stat and stat.finish else ""
+        empty = f"⏳ *{waiting}*" if waiting else "…" if stat and not stat.finish else "*(no text)*"
         messages += [{"role": "user", "content": turn.user},
-                     {"role": "assistant", "content": (turn.reply or "*(no text)*") + line}]
+                     {"role": "assistant", "content": (turn.reply or empty) + line}]
     return messages
 
 
@@ -90,14 +92,14 @@ class ChatHandlers:
 
     def _stream(self, session: ChatSession, message: str, start, progress):
         """Outputs: chatbot, message box, status, token view, prompt sent, model info."""
-        warned = False
+        first = True
         try:
             for update in start(progress_callback(progress)):
-                if update.notices and not warned:
-                    warned = True
+                if update.notices and first:
                     for notice in update.notices:
                         gr.Warning(notice)
-                yield self._view(update)
+                yield self._view(update, first)
+                first = False
         except EmptyMessageError as err:
             gr.Warning(str(err))
             yield chat_messages(session.turns, session.stats), message, f"⚠️ {err}", gr.skip(), gr.skip(), gr.skip()
@@ -105,13 +107,16 @@ class ChatHandlers:
             yield chat_messages(session.turns, session.stats), message, f"❌ {err}", gr.skip(), gr.skip(), gr.skip()
 
     @staticmethod
-    def _view(update: ChatUpdate):
+    def _view(update: ChatUpdate, first: bool):
+        """While streaming only the conversation (and the status when it changes) is sent: every update of every
+        user costs the server the same work, so what does not change stays out of it."""
         stats = update.stats[-1] if update.stats else None
         status = "\n\n".join([f"⚠️ {n}" for n in update.notices] + ([f"⏳ {update.waiting}"] if update.waiting else [])
                              + ([f"**Last reply:** {stats.describe()}"] if stats and update.done else []))
-        tokens = render_html(update.tokens) if update.done else gr.skip()
-        return (chat_messages(update.turns, update.stats), "", status, tokens, update.prompt.text,
-                model_summary(update.served))
+        once = first or update.done
+        return (chat_messages(update.turns, update.stats, update.waiting), "" if once else gr.skip(),
+                status if once or update.waiting else gr.skip(), render_html(update.tokens) if update.done else gr.skip(),
+                update.prompt.text if once else gr.skip(), model_summary(update.served) if once else gr.skip())
 
     @staticmethod
     def stop(session: ChatSession) -> None:

@@ -25,7 +25,7 @@ from ui.components import HEAVY, STOP, model_picker, progress_callback, stop_run
 
 BUILT_IN, UPLOADED = "Built-in sample (assets/eval_text.txt)", "Uploaded text file"
 TASKS = {"Language model": CAUSAL_LM, "Classifier": TEXT_CLASSIFICATION}
-DEFAULT_VARIANTS = ["fp32", "bf16", "fp16", "int8-dynamic", "int8-weight", "bnb-nf4", "pruned", "low-rank"]
+DEFAULT_VARIANTS = ["fp32", "bf16", "fp16", "int8-dynamic", "int8-weight", "onnx-int8", "bnb-nf4", "pruned", "low-rank"]
 
 
 

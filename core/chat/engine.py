@@ -28,7 +28,11 @@ from core.common.work_queue import duration, ordinal
 END_OF_TEXT, LENGTH, STOPPED, STOP_STRING, FAILED = ("end of text", "max new tokens", "stopped by user",
                                                     "next turn started", "failed")
 DISCONNECTED = "the client went away"
-STREAM_INTERVAL_S = 0.05  # the page is updated at most this often: more often costs the engine speed
+STREAM_INTERVAL_S = 0.05  # a page is updated at most this often: more often costs the engine speed
+# Every update of every page costs the server about as much as a few decode steps, so with many replies at once each
+# page is updated proportionally less often (16 at once: every 0.4 s); the first token is always shown at once.
+STREAM_USERS_PER_INTERVAL = 2
+FIRST_TOKEN_POLL_S = 0.01
 log = logging.getLogger("llm_playground")
 
 
@@ -133,16 +137,19 @@ class Request:
 
     # ---- the owner's side --------------------------------------------------------------------------------------
     def chunks(self, interval: float = STREAM_INTERVAL_S) -> Iterator[ReplyChunk]:
-        """The reply as it grows, at most one chunk per `interval`; a closed iterator cancels the request."""
-        shown = -1
+        """The reply as it grows, at most one chunk per `interval` (longer when many replies stream at once, since
+        each update costs the server work); a closed iterator cancels the request."""
+        shown, said = -1, ""
         try:
             while not self.done.is_set():
                 waiting = self.engine.waiting_message(self)
-                if waiting or len(self.generated) != shown:
-                    shown = len(self.generated)
+                if waiting != said or len(self.generated) != shown:
+                    shown, said = len(self.generated), waiting
                     yield ReplyChunk(self.engine.decode(self.generated).rstrip("\ufffd"), replace(self.stats),
                                      waiting=waiting)
-                self.done.wait(interval)
+                running = self.engine.load()[0]
+                self.done.wait(interval * max(1.0, running / STREAM_USERS_PER_INTERVAL) if self.generated
+                               else min(interval, FIRST_TOKEN_POLL_S))
             yield ReplyChunk(self.text, replace(self.stats), list(self.steps), done=True, error=self.error)
         finally:
             if not self.done.is_set():  # the reader went away (closed page, dropped API client)

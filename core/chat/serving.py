@@ -38,7 +38,7 @@ AUTO, TORCH, ONNX = "auto", "torch", "onnx"
 MIN_AGREEMENT = 0.90
 MAX_PERPLEXITY_RATIO = 1.03
 EVAL_TOKENS = 512
-ONNX_CANDIDATES = ("int4", "int8")  # tried fastest first; the first that keeps quality serves
+ONNX_CANDIDATES = ("int4", "int8", "int8-b32")  # tried fastest first; the first that keeps quality serves
 # Below this much weight, exporting costs more than it saves: PyTorch serves (unless ONNX is asked for by name).
 MIN_ONNX_BYTES = 50 * 2**20
 log = logging.getLogger("llm_playground")
@@ -130,7 +130,7 @@ def decode_speed(backend: Backend, prompt: list[int], tokens: int) -> float:
 
 # ---- choosing a runtime -------------------------------------------------------------------------------------------
 def _memo_key(folder: Path) -> str:
-    return (f"v1|{onnx_runtime.fingerprint(folder)}|{platform.processor() or platform.machine()}|"
+    return (f"v2|{onnx_runtime.fingerprint(folder)}|{platform.processor() or platform.machine()}|"
             f"t{torch.get_num_threads()}")
 
 
@@ -208,6 +208,8 @@ class ChatRuntimes:
     def _serve_onnx(self, model_id: str, progress: Progress, notices: list[str]) -> ServedModel | None:
         from transformers import AutoConfig, AutoTokenizer
 
+        if self.manager.in_memory(model_id):
+            return None  # a variant built in the Quantize tab: PyTorch runs it as it is
         resolved = self.manager.resolve(model_id, progress)
         if resolved.source == "hub":
             return None  # hub models load through the manager (safetensors only, memory checked) and PyTorch

@@ -256,6 +256,11 @@ class ModelManager:
         with self._guard:
             self._cache[(loaded.model_id, loaded.task, "auto", self.device.kind, None)] = loaded
 
+    def in_memory(self, model_id: str) -> bool:
+        """True for a model that exists only here (a registered variant), not as files to load again."""
+        with self._guard:
+            return any(m.model_id == model_id and m.source == "memory" for m in self._cache.values())
+
     def loaded(self) -> list[LoadedModel]:
         with self._guard:
             return list(self._cache.values())

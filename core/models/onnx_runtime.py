@@ -34,7 +34,10 @@ Progress = Callable[[float, str], None]
 RUNTIME = "ONNX Runtime"
 # model_type values the builder exports (a subset of its list that we have checked or that share llama's layout)
 SUPPORTED = {"llama", "mistral", "phi", "phi3", "qwen2", "qwen3", "gemma", "gemma2", "granite", "olmo"}
-PRECISIONS = ("int8", "int4", "fp32")
+# Export variants: builder arguments. int8 uses blocks of 64 weights per scale: on SmolLM2 here it decoded about 10 %
+# faster than the builder's default of 32 and kept as many of fp32's next tokens (96 %, perplexity +0.7 % vs +1.3 %).
+EXPORTS = {"int4": ["-p", "int4"], "int8": ["-p", "int8", "--extra_options", "block_size=64"],
+           "int8-b32": ["-p", "int8"], "fp32": ["-p", "fp32"]}
 EXPORT_TIMEOUT_S = 1800
 _DONE = ".complete"
 
@@ -63,11 +66,12 @@ def fingerprint(folder: Path) -> str:
 
 
 def export_folder(model_folder: Path, precision: str) -> Path:
-    return cache_dir() / "onnx" / f"{model_folder.name}-{fingerprint(model_folder)}" / precision
+    options = hashlib.sha256(" ".join(EXPORTS[precision]).encode()).hexdigest()[:6]  # new options: a new export
+    return cache_dir() / "onnx" / f"{model_folder.name}-{fingerprint(model_folder)}" / f"{precision}-{options}"
 
 
 def export(model_folder: Path, precision: str, progress: Progress | None = None) -> Path:
-    """The ONNX export of a local safetensors model folder at `precision`, built once and cached."""
+    """The ONNX export of a local safetensors model folder at `precision` (an EXPORTS key), built once and cached."""
     report = progress or (lambda *_: None)
     out = export_folder(model_folder, precision)
     if (out / _DONE).exists():
@@ -77,7 +81,7 @@ def export(model_folder: Path, precision: str, progress: Progress | None = None)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model_folder), "-o", str(out),
-               "-p", precision, "-e", "cpu", "-c", str(out.parent / "builder-cache")]
+               "-e", "cpu", "-c", str(out.parent / "builder-cache"), *EXPORTS[precision]]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # a local folder needs no hub, and must not fetch code
     start = time.monotonic()
     log_path = out.parent / f"export-{precision}.log"  # a file, not a pipe: a full pipe would block the builder
@@ -164,7 +168,7 @@ class OnnxCausalLM(nn.Module):
     def __init__(self, model: OnnxModel, config):
         super().__init__()
         self.onnx, self.config = model, config
-        self.register_buffer("_device_marker", torch.zeros(1), persistent=False)  # next(parameters()) stand-in
+        self.device_marker = nn.Parameter(torch.zeros(1), requires_grad=False)  # callers ask next(parameters()).device
 
     def forward(self, input_ids: torch.Tensor, past_key_values=None, use_cache: bool = True, **_ignored):
         ids = input_ids.cpu().numpy()

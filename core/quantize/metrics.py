@@ -263,7 +263,7 @@ def _measure(name: str, fp32, tokenizer, reference, opts: CompressionOptions) ->
         else:
             reference.evaluate(built.model, tokenizer, result)
     result.peak_rss_mb = memory.increase_mb
-    result.size_mb = serialized_bytes(built.model) / 2**20
+    result.size_mb = (built.size_bytes or serialized_bytes(built.model)) / 2**20
     result.compressed_share = built.compressed_share
     result.notes = "; ".join(built.notes)
     return result

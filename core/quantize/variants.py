@@ -13,12 +13,13 @@ import importlib.util
 import logging
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from core.common.errors import check_number
+from core.common.errors import InputError, check_number
 from core.models.precision import Int8WeightLinear, conv1d_to_linear, int8_weight_only
 
 # bitsandbytes logs on every int8 matmul that CPU float32 inputs are cast to float16: expected here, and noisy.
@@ -40,6 +41,7 @@ class BuiltVariant:
     compressed_params: int  # parameters held in compressed modules (or converted to a smaller dtype)
     total_params: int  # parameters of the fp32 model (tied weights counted once)
     notes: list[str] = field(default_factory=list)
+    size_bytes: int | None = None  # on disk, when the variant is not a torch state_dict (an ONNX export)
 
     @property
     def compressed_share(self) -> float:
@@ -225,6 +227,29 @@ def build_low_rank(fp32: nn.Module, opts: CompressionOptions) -> BuiltVariant:
     return BuiltVariant(model, _count(factored), unique_params(fp32), notes)
 
 
+def _onnx_builder(precision: str) -> Callable[[nn.Module, CompressionOptions], BuiltVariant]:
+    """The model as the Chat tab's CPU fast path runs it: exported once with onnxruntime-genai, run by ONNX Runtime."""
+    def build(fp32: nn.Module, _opts: CompressionOptions) -> BuiltVariant:
+        from core.models import onnx_runtime
+
+        folder = Path(getattr(fp32, "name_or_path", "") or ".")
+        if not (folder / "config.json").exists():
+            raise InputError("the ONNX rows export a model saved in a local folder; this one is only in memory")
+        exported = onnx_runtime.export(folder, precision)
+        linears = sum(m.weight.numel() for m in fp32.modules() if type(m).__name__ in ("Linear", "Conv1D"))
+        return BuiltVariant(onnx_runtime.OnnxCausalLM(onnx_runtime.OnnxModel(exported), fp32.config),
+                            linears if precision != "fp32" else 0, unique_params(fp32),
+                            [f"onnxruntime-genai export ({' '.join(onnx_runtime.EXPORTS[precision])}), cached; "
+                             "int8 activations in its matmuls (accuracy level 4)"], onnx_runtime.onnx_bytes(exported))
+    return build
+
+
+def _onnx_available(device: str) -> str | None:
+    from core.models import onnx_runtime
+
+    return "the ONNX rows are the CPU fast path" if device != "cpu" else onnx_runtime.unavailable_reason()
+
+
 # ---- availability ------------------------------------------------------------------------------
 def _always(_device: str) -> str | None:
     return None
@@ -263,6 +288,9 @@ VARIANTS: dict[str, VariantSpec] = {spec.name: spec for spec in (
     VariantSpec("torchao-int8", "torchao int8 weight-only linears", _torchao_builder("Int8WeightOnlyConfig"),
                 _needs_module("torchao", "pip install torchao")),
     VariantSpec("torchao-int4", "torchao int4 weight-only linears", _torchao_builder("Int4WeightOnlyConfig"), _torchao_int4),
+    VariantSpec("onnx-int8", "ONNX Runtime, int8 weights (the Chat tab's CPU fast path)", _onnx_builder("int8"),
+                _onnx_available),
+    VariantSpec("onnx-int4", "ONNX Runtime, int4 weights", _onnx_builder("int4"), _onnx_available),
     VariantSpec("pruned", "magnitude pruning of linear weights", build_pruned, _always),
     VariantSpec("low-rank", "SVD low-rank factorization of linear layers", build_low_rank, _always),
 )}
@@ -290,6 +318,9 @@ def register_variant(manager, base, name: str, opts: CompressionOptions):
 
     from core.models.manager import LoadedModel, model_nbytes
 
+    if name.startswith("onnx-"):
+        raise InputError("The Chat tab already runs this model on ONNX Runtime when an export keeps fp32's quality "
+                         "(see the model summary there); pick a PyTorch variant to try it in Chat.")
     start = time.perf_counter()
     built = build_variant(name, base.model, opts)
     loaded = LoadedModel(variant_id(base.model_id, name), base.task, "memory", base.path, built.model, base.tokenizer,
