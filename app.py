@@ -28,6 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="let users load models that run their own Python (LLMPG_ALLOW_REMOTE_CODE=1)")
     parser.add_argument("--allow-hub-push", action="store_true",
                         help="let users push fine-tuned models to the Hub (LLMPG_ALLOW_HUB_PUSH=1)")
+    parser.add_argument("--allow-remote-servers", action="store_true",
+                        help="let users chat with models on other OpenAI-compatible servers (LLMPG_ALLOW_REMOTE_SERVERS=1)")
     parser.add_argument("--runtime", choices=("auto", "torch", "onnx"), default=None,
                         help="chat runtime: auto (ONNX Runtime on a CPU when it keeps quality), torch or onnx "
                              "(LLMPG_CHAT_RUNTIME)")
@@ -47,6 +49,7 @@ def settings_from(args: argparse.Namespace):
                                        max_train_examples=room.max_train_examples, max_new_tokens=room.max_new_tokens)
     return dataclasses.replace(settings, allow_remote_code=args.allow_remote_code or settings.allow_remote_code,
                                allow_hub_push=args.allow_hub_push or settings.allow_hub_push,
+                               allow_remote_servers=args.allow_remote_servers or settings.allow_remote_servers,
                                chat_runtime=args.runtime or settings.chat_runtime,
                                chat_batch=args.chat_batch or settings.chat_batch)
 
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         # Set before transformers / huggingface_hub are imported so no request is ever tried.
         os.environ["HF_HUB_OFFLINE"] = "1"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from api.openai_server import launch
     from core.models.device import configure_threads
     from core.models.manager import ModelManager
     from core.services import Services
@@ -75,8 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     services = Services(settings=settings, default_chat_model=args.model,
                         manager=ModelManager(offline=args.offline, allow_remote_code=settings.allow_remote_code))
     demo = build_app(services, chosen_tabs(args, settings.classroom))
-    demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port, share=args.share,
-                                                   **launch_options())
+    launch(demo, services, server_name=args.host, server_port=args.port, share=args.share, **launch_options())
 
 
 if __name__ == "__main__":

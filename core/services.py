@@ -8,7 +8,7 @@ from core.chat.serving import ChatRuntimes
 from core.common.settings import Settings
 from core.common.work_queue import WorkQueue
 from core.models.manager import ModelManager
-from core.models.registry import DEFAULT_CHAT_MODEL, presets
+from core.models.registry import CAUSAL_LM, DEFAULT_CHAT_MODEL, presets
 from core.models.store import ModelStore
 
 
@@ -32,6 +32,15 @@ class Services:
     @property
     def offline(self) -> bool:
         return self.manager.offline
+
+    def chat_models(self) -> dict[str, str]:
+        """What the OpenAI-compatible API offers: id -> what to load (offline models, presets when online, models
+        made here, models being served). Nothing else, so an API caller cannot make the server read other paths."""
+        offered = {p.model_id: p.model_id for p in presets(CAUSAL_LM) if p.offline or not self.offline}
+        offered |= {m.card.name: str(m.path) for m in self.store.list(CAUSAL_LM)}
+        offered |= {s.model_id: s.model_id for s in self.chat.served()}
+        offered |= {m.model_id: m.model_id for m in self.manager.loaded() if m.task == CAUSAL_LM and m.source == "memory"}
+        return offered
 
     def model_choices(self, *tasks: str) -> list[tuple[str, str]]:
         """Presets, then the user's own stored models, then in-memory variants, for a picker."""

@@ -48,11 +48,14 @@ def tiny_ner_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def services(tmp_path_factory):
+    from core.common.settings import Settings
     from core.models.manager import ModelManager
     from core.models.store import ModelStore
     from core.services import Services
 
-    return Services(manager=ModelManager(offline=True), store=ModelStore(tmp_path_factory.mktemp("store")))
+    # Remote servers are an operator's switch; the tests use one (a second instance of this app on loopback).
+    return Services(settings=Settings(allow_remote_servers=True), manager=ModelManager(offline=True),
+                    store=ModelStore(tmp_path_factory.mktemp("store")))
 
 
 def _free_port() -> int:
@@ -64,14 +67,19 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def app_url(services):
     """The whole app, offline, launched once for the gradio_client and browser tests."""
+    yield from launched(services)
+
+
+def launched(services):
+    """Launch the whole app (UI and /v1 API) on a free port, as app.py does; yields its URL, closes it after."""
+    from api.openai_server import launch
     from ui.app import build_app, launch_options
 
     # LLMPG_TABS=chat,explain builds a subset (handy while one tab is being worked on); CI builds all.
     tabs = tuple(t for t in os.environ.get("LLMPG_TABS", "").split(",") if t)
     demo = build_app(services, tabs) if tabs else build_app(services)
     port = _free_port()
-    demo.queue(default_concurrency_limit=4).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                                                   quiet=True, **launch_options())
+    launch(demo, services, block=False, server_name="127.0.0.1", server_port=port, quiet=True, **launch_options())
     yield f"http://127.0.0.1:{port}/"
     demo.close()
 

@@ -1,15 +1,11 @@
 """Chat engine, prompt building, token view and chat sessions on tiny random models (no hub)."""
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.chat.engine import END_OF_TEXT, LENGTH, STOP_STRING, STOPPED, GenerationError
-from core.chat.sampling import SamplingSettings, logits_processors
-from core.chat.serving import ChatRuntimes, torch_engine
 from core.chat.prompting import (
     CHAT_TEMPLATE,
     MAX_MESSAGE_CHARS,
@@ -19,6 +15,8 @@ from core.chat.prompting import (
     context_length,
     plain_transcript,
 )
+from core.chat.sampling import SamplingSettings, logits_processors
+from core.chat.serving import torch_engine
 from core.chat.session import ChatSession, EmptyMessageError
 from core.chat.token_view import TokenStep, describe_steps, render_html
 from core.common.errors import BusyError

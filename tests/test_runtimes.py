@@ -73,9 +73,9 @@ def test_without_the_runtime_or_when_the_export_fails_pytorch_serves_and_says_wh
 
 
 def test_the_cpu_runtime_precisions_are_quantize_rows(home, tiny_lm_dirs):
+    from core.common.errors import InputError
     from core.quantize.metrics import EvalSettings, compare_variants
     from core.quantize.variants import register_variant
-    from core.common.errors import InputError
 
     loaded = ModelManager(offline=True).load(str(tiny_lm_dirs["llama"]), precision="fp32")
     text = "The capital of France is Paris. " * 20

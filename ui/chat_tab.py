@@ -7,9 +7,10 @@ from functools import partial
 import gradio as gr
 
 from core.chat.engine import ReplyStats
+from core.chat.prompting import CHAT_TEMPLATE, DEFAULT_SYSTEM_PROMPT, Turn
+from core.chat.remote import RemoteServer
 from core.chat.sampling import SamplingSettings
 from core.chat.serving import ServedModel
-from core.chat.prompting import CHAT_TEMPLATE, DEFAULT_SYSTEM_PROMPT, Turn
 from core.chat.session import ChatSession, ChatUpdate, EmptyMessageError
 from core.chat.token_view import render_html
 from core.common.errors import InputError, PlaygroundError
@@ -32,8 +33,12 @@ def chat_messages(turns: list[Turn], stats: list[ReplyStats | None], waiting: st
     return messages
 
 
-def model_summary(served: ServedModel) -> str:
+def model_summary(served: ServedModel | RemoteServer) -> str:
     """What serves the model and how faithfully: runtime, precision, agreement with fp32, perplexity."""
+    if isinstance(served, RemoteServer):
+        return (f"🌐 **{html.escape(served.model)}** on the OpenAI-compatible server **{html.escape(served.base_url)}** · "
+                "temperature, top-p, max tokens and seed are sent; the token view shows the server's log "
+                "probabilities when it returns them")
     prompt_format = CHAT_TEMPLATE if served.is_chat else "plain continuation (base model: see the prompt below)"
     lines = [f"✅ **{served.model_id}** · {served.family} · **{served.backend.describe()}** · prompt: {prompt_format}"]
     if served.quality is not None:
@@ -51,7 +56,7 @@ def model_summary(served: ServedModel) -> str:
     details += served.notices + served.backend.notes
     if details:  # folded away: long on a phone
         lines.append("<details><summary>How this runtime was chosen</summary><span class='notice'>"
-                     + "<br>".join(html.escape(d) for d in details) + "</span></details>")
+                     + "<br>".join(html.escape(d, quote=False) for d in details) + "</span></details>")
     return "<br>".join(lines)
 
 
@@ -68,6 +73,17 @@ class ChatHandlers:
         except PlaygroundError as err:
             gr.Warning(str(err))
             return f"❌ {err}\n\nStill using **{session.model_id}**."
+
+    def connect_remote(self, session: ChatSession, base_url: str, model: str, api_key: str) -> str:
+        try:
+            if not self.services.settings.allow_remote_servers:
+                raise InputError("Remote servers are turned off on this server (the operator can allow them with "
+                                 "--allow-remote-servers).")
+            return model_summary(session.connect(RemoteServer.checked(base_url, model, api_key)))
+        except PlaygroundError as err:
+            gr.Warning(str(err))
+            current = session.remote.describe() if session.remote else session.model_id
+            return f"❌ {err}\n\nStill using **{current}**."  # Markdown: gradio sanitizes any HTML in it
 
     @on_gpu  # a ZeroGPU Space lends a GPU for the call; elsewhere a no-op
     def send(self, session: ChatSession, message: str, system: str, temperature: float, top_k: int, top_p: float,
@@ -145,6 +161,13 @@ def build_tab(shell) -> dict[str, gr.Component]:
                                            info="Runs the model's own Python code: only for authors you trust")
                 load = gr.Button("Load", variant="secondary", scale=0, min_width=90)
             model_info = gr.Markdown(f"**{services.default_chat_model}** loads with your first message, or press Load.")
+            with gr.Accordion("🌐 Remote server (OpenAI-compatible: vLLM, TGI, llama.cpp, Ollama...)", open=False,
+                              visible=services.settings.allow_remote_servers):
+                with gr.Row(equal_height=True):
+                    remote_url = gr.Textbox(label="Server URL", placeholder="http://localhost:8000/v1", scale=3)
+                    remote_model = gr.Textbox(label="Model name", placeholder="as GET /v1/models lists it", scale=2)
+                    remote_key = gr.Textbox(label="API key (optional)", type="password", scale=2)
+                    connect = gr.Button("Connect", scale=0, min_width=90)
             chatbot = gr.Chatbot(label="Conversation", height=440, buttons=["copy"],
                                  placeholder="Ask anything. Replies stream token by token; Stop ends them at once.")
             with gr.Row(equal_height=True):
@@ -189,5 +212,7 @@ def build_tab(shell) -> dict[str, gr.Component]:
     # Picking a preset (or another tab sending a model here) loads it; Load retries, e.g. after ticking remote code.
     gr.on([load.click, model.change], handlers.load_model, [session, model, allow_remote], model_info,
           api_name="chat_load_model")
+    connect.click(handlers.connect_remote, [session, remote_url, remote_model, remote_key], model_info,
+                  api_name="chat_connect_remote")
     return {"model": model, "load": load, "allow_remote_code": allow_remote, "model_info": model_info,
             "chatbot": chatbot, "message": message, "send": send, "stop": stop, "session": session}

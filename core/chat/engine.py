@@ -67,7 +67,7 @@ class ReplyStats:
 
 @dataclass
 class ReplyChunk:
-    """The reply so far; the last chunk has `done` set, final stats and the token steps."""
+    """The reply so far; the last chunk has `done` set and the final stats."""
 
     text: str
     stats: ReplyStats  # a snapshot: later tokens do not change it
@@ -146,7 +146,7 @@ class Request:
                 if waiting != said or len(self.generated) != shown:
                     shown, said = len(self.generated), waiting
                     yield ReplyChunk(self.engine.decode(self.generated).rstrip("\ufffd"), replace(self.stats),
-                                     waiting=waiting)
+                                     list(self.steps), waiting=waiting)
                 running = self.engine.load()[0]
                 self.done.wait(interval * max(1.0, running / STREAM_USERS_PER_INTERVAL) if self.generated
                                else min(interval, FIRST_TOKEN_POLL_S))

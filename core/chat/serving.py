@@ -165,10 +165,42 @@ class ChatRuntimes:
         self._served: OrderedDict[tuple, ServedModel] = OrderedDict()
         self._locks: dict[tuple, threading.Lock] = {}
         self._guard = threading.Lock()
+        self.errors: dict[str, str] = {}  # model id -> why its last background load failed
 
     def served(self) -> list[ServedModel]:
         with self._guard:
             return list(self._served.values())
+
+    def ready(self, model_id: str) -> ServedModel | None:
+        """The served model if its engine is built, without waiting for anything."""
+        with self._guard:
+            return self._served.get((model_id.strip(), False))
+
+    def loading(self, model_id: str) -> bool:
+        with self._guard:
+            lock = self._locks.get((model_id.strip(), False))
+        return lock is not None and lock.locked()
+
+    def serve_in_background(self, model_id: str) -> None:
+        """Start building the engine (an API caller is told to come back) unless that is already under way."""
+        if self.loading(model_id) or self.ready(model_id):
+            return
+
+        def build() -> None:
+            try:
+                self.serve(model_id)
+                self.errors.pop(model_id, None)
+            except PlaygroundError as err:
+                self.errors[model_id] = str(err)
+            except Exception as err:  # logged; the caller sees the message on its next try
+                log.exception("loading %s for the API failed", model_id)
+                self.errors[model_id] = f"{type(err).__name__}: {err}"
+
+        threading.Thread(target=build, name=f"load-{model_id[-20:]}", daemon=True).start()
+        for _ in range(50):  # until the build holds its lock, so loading() says so
+            if self.loading(model_id) or self.ready(model_id) or model_id in self.errors:
+                return
+            time.sleep(0.01)
 
     def serve(self, model_id: str, trust_remote_code: bool = False, progress: Progress | None = None) -> ServedModel:
         """The engine for this model, built on first use (and remembered)."""

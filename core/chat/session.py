@@ -8,11 +8,13 @@ session's running reply.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from core.chat.engine import FAILED, GenerationError, ReplyStats
 from core.chat.prompting import DEFAULT_SYSTEM_PROMPT, Prompt, Turn, build_prompt
+from core.chat.remote import RemoteServer, check_server, messages_for, remote_reply
 from core.chat.sampling import SamplingSettings
 from core.chat.serving import ChatRuntimes, ServedModel
 from core.chat.token_view import TokenInfo, describe_steps
@@ -34,7 +36,7 @@ class ChatUpdate:
     stats: list[ReplyStats | None]
     prompt: Prompt
     notices: list[str]
-    served: ServedModel
+    served: ServedModel | RemoteServer  # what wrote the reply
     done: bool = False
     tokens: list[TokenInfo] = field(default_factory=list)
     waiting: str = ""  # while the reply waits in line: the place and estimated wait
@@ -47,11 +49,12 @@ class ChatSession:
     turns: list[Turn] = field(default_factory=list)
     stats: list[ReplyStats | None] = field(default_factory=list)
     control: RunControl = field(default_factory=RunControl)
+    remote: RemoteServer | None = None  # set: replies come from that OpenAI-compatible server
 
     def __deepcopy__(self, memo) -> ChatSession:
         """gr.State deep-copies each new session's value; a copy gets its own control (locks cannot be copied)."""
         return ChatSession(self.model_id, self.trust_remote_code, copy.deepcopy(self.turns, memo),
-                           copy.deepcopy(self.stats, memo))
+                           copy.deepcopy(self.stats, memo), remote=self.remote)
 
     def stop(self) -> None:
         self.control.stop()
@@ -61,8 +64,15 @@ class ChatSession:
         """Switch model: the running reply stops first; on ModelLoadError the current model stays."""
         self.stop()
         served = runtimes.serve(model_id, trust_remote_code, progress)
-        self.model_id, self.trust_remote_code = served.model_id, trust_remote_code
+        self.model_id, self.trust_remote_code, self.remote = served.model_id, trust_remote_code, None
         return served
+
+    def connect(self, server: RemoteServer) -> RemoteServer:
+        """Chat with a model on another server from now on; if it cannot be used, the current model stays."""
+        self.stop()
+        check_server(server)
+        self.remote = server
+        return server
 
     def served(self, runtimes: ChatRuntimes, progress: Progress | None = None) -> ServedModel:
         return runtimes.serve(self.model_id, self.trust_remote_code, progress)
@@ -73,6 +83,9 @@ class ChatSession:
         if not message.strip():
             raise EmptyMessageError("Type a message first: an empty message is not sent.")
         flag = self.control.begin()  # a reply still running in this session ends before the new one starts
+        if self.remote is not None:
+            yield from self._remote_reply(message, settings, system, flag)
+            return
         served = self.served(runtimes, progress)
         prompt = build_prompt(served.tokenizer, self.turns, message, use_template=served.is_chat, system=system,
                               context=served.context, max_new_tokens=settings.max_new_tokens)
@@ -90,6 +103,24 @@ class ChatSession:
         self.stats.append(chunk.stats)
         yield ChatUpdate(list(self.turns), list(self.stats), prompt, notices, served, done=True,
                          tokens=describe_steps(served.tokenizer, chunk.steps))
+
+    def _remote_reply(self, message: str, settings: SamplingSettings, system: str,
+                      flag) -> Iterator[ChatUpdate]:
+        server = self.remote
+        messages = messages_for(system, self.turns, message)
+        prompt = Prompt([], json.dumps(messages, indent=1, ensure_ascii=False), "OpenAI messages (remote server)", (),
+                        message)
+        notices: list[str] = []
+        chunk, tokens = None, []
+        for chunk, tokens in remote_reply(server, messages, settings, flag):
+            if not chunk.done:
+                yield ChatUpdate(self.turns + [Turn(message, chunk.text)], self.stats + [chunk.stats], prompt, notices,
+                                 server)
+        if not tokens and chunk.text:
+            notices.append("The server sent no log probabilities, so the token view is empty for this reply.")
+        self.turns.append(Turn(message, chunk.text))
+        self.stats.append(chunk.stats)
+        yield ChatUpdate(list(self.turns), list(self.stats), prompt, notices, server, done=True, tokens=tokens)
 
     def retry(self, runtimes: ChatRuntimes, settings: SamplingSettings, system: str = DEFAULT_SYSTEM_PROMPT,
               progress: Progress | None = None) -> Iterator[ChatUpdate]:

@@ -1,0 +1,146 @@
+"""Chat with a model on another server that speaks the OpenAI API (vLLM, TGI, llama.cpp's server, Ollama, or another
+LLM Playground): the way up when a class or a lab outgrows one machine.
+
+Replies stream over server-sent events and arrive as the same ReplyChunks as local ones; the token view is filled
+from the server's log probabilities when it returns them. Only http(s) URLs are accepted, the key is sent only to
+that server and never logged, and a server that is down or answers something else gets a message that says so.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Iterator
+from urllib.parse import urlparse
+
+import httpx
+
+from core.chat.engine import END_OF_TEXT, LENGTH, STOPPED, ReplyChunk, ReplyStats
+from core.chat.prompting import Turn
+from core.chat.sampling import SamplingSettings
+from core.chat.token_view import TOP_K, TokenChoice, TokenInfo
+from core.common.errors import InputError, PlaygroundError
+from core.common.stopping import StopFlag
+
+CONNECT_TIMEOUT_S, READ_TIMEOUT_S = 5.0, 120.0
+FINISH = {"stop": END_OF_TEXT, "length": LENGTH}
+
+
+class RemoteError(PlaygroundError):
+    """The remote server could not be used; the message says why (never with the key in it)."""
+
+
+@dataclass(frozen=True)
+class RemoteServer:
+    base_url: str  # ends in /v1
+    model: str
+    api_key: str = field(default="", repr=False)
+
+    @classmethod
+    def checked(cls, base_url: str, model: str, api_key: str = "") -> RemoteServer:
+        url = (base_url or "").strip().rstrip("/")
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise InputError("The server address must be an http:// or https:// URL, e.g. http://localhost:8000/v1.")
+        if not (model or "").strip():
+            raise InputError("Give the model name the server knows (GET <url>/models lists them).")
+        return cls(url if url.endswith("/v1") else url + "/v1", model.strip(), (api_key or "").strip())
+
+    @property
+    def headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def describe(self) -> str:
+        return f"{self.model} at {self.base_url}"
+
+
+def _fail(server: RemoteServer, err: Exception | str) -> RemoteError:
+    text = str(err).replace(server.api_key, "***") if server.api_key else str(err)
+    return RemoteError(f"The server at {server.base_url} could not be used: {text}")
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        return response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}"
+
+
+def check_server(server: RemoteServer) -> list[str]:
+    """The models the server lists; a RemoteError when it is down, refuses the key or does not know the model."""
+    try:
+        response = httpx.get(f"{server.base_url}/models", headers=server.headers,
+                             timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
+    except httpx.HTTPError as err:
+        raise _fail(server, f"no answer ({type(err).__name__}). Is it running, and is the address right?") from None
+    if response.status_code != 200:
+        raise _fail(server, _error_message(response))
+    try:
+        models = [m["id"] for m in response.json()["data"]]
+    except (ValueError, KeyError, TypeError):
+        raise _fail(server, "its answer to GET /models is not the OpenAI format.") from None
+    if server.model not in models:
+        raise _fail(server, f"it has no model '{server.model}'; it lists {', '.join(models[:8]) or 'none'}.")
+    return models
+
+
+def _token(entry: dict) -> TokenInfo:
+    alternatives = tuple(TokenChoice(a["token"], math.exp(a["logprob"])) for a in entry.get("top_logprobs") or [])
+    return TokenInfo(entry["token"], math.exp(entry["logprob"]), alternatives[:TOP_K])
+
+
+def messages_for(system: str, turns: list[Turn], message: str) -> list[dict]:
+    history = [m for t in turns for m in ({"role": "user", "content": t.user}, {"role": "assistant", "content": t.reply})]
+    return ([{"role": "system", "content": system}] if system.strip() else []) + history + [
+        {"role": "user", "content": message}]
+
+
+def remote_reply(server: RemoteServer, messages: list[dict], settings: SamplingSettings,
+                 stop: StopFlag) -> Iterator[tuple[ReplyChunk, list[TokenInfo]]]:
+    """Stream a reply from the server: (chunk so far, token infos so far); Stop closes the connection."""
+    body = {"model": server.model, "messages": messages, "stream": True, "max_tokens": settings.max_new_tokens,
+            "temperature": settings.temperature, "top_p": settings.top_p, "logprobs": True, "top_logprobs": TOP_K}
+    if settings.seed is not None and settings.seed >= 0:
+        body["seed"] = settings.seed
+    stats, text, tokens = ReplyStats(seed=body.get("seed")), "", []
+    start = time.perf_counter()
+    first_at = None
+    try:
+        with httpx.stream("POST", f"{server.base_url}/chat/completions", json=body, headers=server.headers,
+                          timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)) as response:
+            if response.status_code != 200:
+                response.read()
+                raise _fail(server, _error_message(response))
+            for line in response.iter_lines():
+                if stop.stopped:
+                    stats.finish = STOPPED
+                    break
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if "error" in event:
+                    raise _fail(server, event["error"].get("message", "an error in the stream"))
+                for choice in event.get("choices", []):
+                    piece = (choice.get("delta") or {}).get("content") or ""
+                    entries = ((choice.get("logprobs") or {}).get("content")) or []
+                    tokens += [_token(e) for e in entries]
+                    if piece and first_at is None:
+                        first_at = time.perf_counter()
+                        stats.first_token_s = first_at - start
+                    text += piece
+                    stats.tokens = len(tokens) or stats.tokens + bool(piece)
+                    if choice.get("finish_reason"):
+                        stats.finish = FINISH.get(choice["finish_reason"], choice["finish_reason"])
+                stats.seconds = time.perf_counter() - start
+                yield ReplyChunk(text, replace(stats)), tokens
+    except httpx.HTTPError as err:
+        raise _fail(server, f"the connection failed ({type(err).__name__}).") from None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise _fail(server, "its answer is not the OpenAI streaming format.") from None
+    stats.finish = stats.finish or END_OF_TEXT
+    now = time.perf_counter()
+    stats.seconds = now - start
+    if first_at is not None and stats.tokens > 1:
+        stats.decode_tokens_per_s = (stats.tokens - 1) / max(now - first_at, 1e-9)
+    yield ReplyChunk(text, stats, done=True), tokens
