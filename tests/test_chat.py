@@ -17,9 +17,9 @@ from core.chat.prompting import (
 )
 from core.chat.sampling import SamplingSettings, logits_processors
 from core.chat.serving import torch_engine
-from core.chat.session import ChatSession, EmptyMessageError
+from core.chat.session import ChatSession, EmptyMessageError, Exchange, Reply
 from core.chat.token_view import TokenStep, describe_steps, render_html
-from core.common.errors import BusyError
+from core.common.errors import BusyError, InputError
 from core.common.stopping import StopFlag
 from core.models.manager import ModelLoadError
 
@@ -311,7 +311,7 @@ def test_unknown_model_keeps_the_previous_one_and_a_model_change_stops_the_reply
 def test_session_survives_gradio_state_copy(tiny_lm_dirs):
     import copy
 
-    session = ChatSession("m", turns=[Turn("a", "b")], stats=[None])
+    session = ChatSession("m", exchanges=[Exchange("a", [Reply("b")])])
     clone = copy.deepcopy(session)
     assert clone.turns == session.turns and clone.control is not session.control
 
@@ -322,3 +322,93 @@ def test_smollm2_knows_the_capital_of_france(services):
     *_, last = session.reply(services.chat, "What is the capital of France?",
                              SamplingSettings(temperature=0, max_new_tokens=24))
     assert "Paris" in last.turns[-1].reply
+
+
+# ---- teaching: branches, sampling step by step, comparisons, files ----------------------------------------------------
+def test_a_reply_branches_at_any_token_and_keeps_every_version(services, tiny_lm_dirs, no_eos):
+    session = ChatSession(str(tiny_lm_dirs["llama"]))
+    settings = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=10)
+    *_, first = session.reply(services.chat, "Tell me about foxes", settings)
+    original = session.exchanges[-1].reply
+    step = 3
+    alternative = original.steps[step].alt_ids[2]
+    *_, done = session.branch(services.chat, step, alternative, settings)
+    exchange = session.exchanges[-1]
+    branch = exchange.reply
+    assert len(exchange.replies) == 2 and exchange.shown == 1 and branch.branched_at == step
+    assert [s.token_id for s in branch.steps[:step]] == [s.token_id for s in original.steps[:step]]
+    assert branch.steps[step].token_id == alternative and len(branch.steps) == 10 and done.tokens
+    session.show(-1)
+    assert session.turns[-1].reply == original.text  # the original is never lost
+    session.show(+5)
+    assert session.exchanges[-1].shown == 1
+    list(session.retry(services.chat, settings))  # Retry adds a version too
+    assert len(session.exchanges[-1].replies) == 3
+    with pytest.raises(InputError, match="top alternatives"):
+        next(session.branch(services.chat, step, 10**6, settings))
+
+
+def test_sampling_stages_end_at_the_distribution_the_engine_drew_from(services, tiny_lm_dirs, no_eos, monkeypatch):
+    import torch
+
+    from core.chat import sampling
+    from core.chat.stepwise import sampling_steps, stages_figure
+
+    drawn_from = []
+    original = sampling.RequestSampler.scores
+    monkeypatch.setattr(sampling.RequestSampler, "scores",
+                        lambda self, logits: drawn_from.append(torch.softmax(original(self, logits), -1)[0])
+                        or original(self, logits))
+    session = ChatSession(str(tiny_lm_dirs["llama"]))
+    settings = SamplingSettings(temperature=0.8, top_k=20, top_p=0.9, min_p=0.02, repetition_penalty=1.3,
+                                max_new_tokens=6, seed=11)
+    list(session.reply(services.chat, "Tell me a story", settings))
+    steps = sampling_steps(services.chat, session, 4)
+    names = [stage.name for stage in steps.stages]
+    assert names == ["raw model output", "after repetition penalty 1.3", "after temperature 0.8", "after top-k 20",
+                     "after top-p 0.9", "after min-p 0.02"]
+    last, engine = steps.stages[-1], drawn_from[3]
+    assert torch.allclose(torch.tensor(last.probs), engine[list(last.token_ids)], atol=1e-4)
+    assert last.candidates == int((engine > 0).sum()) <= 20
+    assert steps.drawn == session.exchanges[-1].reply.steps[3].token_id and "Step 4" in steps.describe()
+    assert len(stages_figure(steps).data) == 6
+    with pytest.raises(InputError, match="between 1 and 6"):
+        sampling_steps(services.chat, session, 7)
+
+
+def test_a_greedy_comparison_with_itself_never_diverges(services, tiny_lm_dirs, no_eos):
+    from core.chat.compare import Side, compare
+    from core.common.stopping import StopFlag
+
+    model = str(tiny_lm_dirs["llama"])
+    greedy = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=12)
+    *_, same = compare(services.chat, "Hello", Side(model, greedy), Side(model, greedy), StopFlag())
+    assert same.done and same.divergence is None and same.a.text == same.b.text
+    hot = SamplingSettings(temperature=2.0, top_k=0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=12, seed=3)
+    *_, apart = compare(services.chat, "Hello", Side(model, greedy), Side(model, hot), StopFlag())
+    d = apart.divergence
+    assert d is not None and d.a.text != d.b.text and len(d.a.alternatives) == 5 and len(d.b.alternatives) == 5
+    assert apart.a.text.startswith(d.common) and apart.b.text.startswith(d.common)
+
+
+def test_a_conversation_exports_and_restores_with_its_settings_and_branches(services, tiny_lm_dirs, no_eos):
+    from core.chat.transcript import from_json, to_json, to_markdown
+
+    session = ChatSession(str(tiny_lm_dirs["llama"]))
+    settings = SamplingSettings(temperature=0.9, max_new_tokens=6, seed=21)
+    list(session.reply(services.chat, "Hi <b>there</b>", settings, system="Be kind."))
+    markdown = to_markdown(session, "tiny")
+    assert "**You:** Hi <b>there</b>" in markdown and "Be kind." in markdown and "seed 21" in markdown
+    exchanges, system, model = from_json(to_json(session, {"id": "tiny", "runtime": "PyTorch"}))
+    restored = ChatSession(session.model_id, exchanges=exchanges, system=system)
+    reply = restored.exchanges[0].reply
+    assert reply.text == session.exchanges[0].reply.text and reply.settings == settings and system == "Be kind."
+    assert [s.token_id for s in reply.steps] == [s.token_id for s in session.exchanges[0].reply.steps]
+    step = reply.steps[1]
+    *_, done = restored.branch(services.chat, 1, step.alt_ids[1], settings)  # branching works after a restore
+    assert len(restored.exchanges[0].replies) == 2 and done.done
+    for bad, message in (("{", "not JSON"), ('{"format": "x"}', "not a conversation"),
+                         ('{"format": "llm-playground-conversation", "version": 1, "exchanges": [{"user": "a"}]}',
+                          "damaged")):
+        with pytest.raises(InputError, match=message):
+            from_json(bad)

@@ -1,8 +1,12 @@
-"""Chat tab: layout and event wiring; the conversation logic lives in core.chat.session."""
+"""Chat tab: the conversation (with branches, export and import) and its settings; the teaching views (compare,
+sampling step by step, tokenizer) are built by ui.chat_teaching. Layout and wiring only: the logic lives in
+core.chat."""
 from __future__ import annotations
 
 import html
+import tempfile
 from functools import partial
+from pathlib import Path
 
 import gradio as gr
 
@@ -12,13 +16,18 @@ from core.chat.remote import RemoteServer
 from core.chat.sampling import SamplingSettings
 from core.chat.serving import ServedModel
 from core.chat.session import ChatSession, ChatUpdate, EmptyMessageError
-from core.chat.token_view import render_html
+from core.chat.token_view import BRANCH_JS, render_html
+from core.chat.transcript import from_json, to_json, to_markdown
 from core.common.errors import InputError, PlaygroundError
+from core.common.uploads import read_text_file
 from core.models.device import on_gpu
 from core.models.precision import MIN_AGREEMENT, TURN_NEW_TOKENS, TURN_PROMPT_TOKENS
 from core.models.registry import CAUSAL_LM
 from core.services import Services
-from ui.components import model_picker, progress_callback
+from ui import chat_teaching
+from ui.components import STOP, model_picker, progress_callback
+
+SETTING_NAMES = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "max_new_tokens", "seed")
 
 
 def chat_messages(turns: list[Turn], stats: list[ReplyStats | None], waiting: str = "") -> list[dict]:
@@ -60,12 +69,36 @@ def model_summary(served: ServedModel | RemoteServer) -> str:
     return "<br>".join(lines)
 
 
+def version_label(session: ChatSession) -> str:
+    if not session.exchanges or len(session.exchanges[-1].replies) < 2:
+        return ""
+    exchange = session.exchanges[-1]
+    reply = exchange.reply
+    origin = f" · branched at token {reply.branched_at + 1}" if reply.branched_at is not None else ""
+    return f"Last reply: version **{exchange.shown + 1} of {len(exchange.replies)}**{origin}"
+
+
+def token_view(session: ChatSession) -> str:
+    if not session.exchanges:
+        return render_html([])
+    reply = session.exchanges[-1].reply
+    return render_html(reply.tokens, reply.steps or None)
+
+
 class ChatHandlers:
     """Event handlers: read the widgets, call the user's ChatSession, turn its updates into widget values."""
 
     def __init__(self, services: Services):
         self.services = services
 
+    def settings(self, temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens, seed) -> SamplingSettings:
+        settings = SamplingSettings(temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens, seed)
+        cap = self.services.settings.max_new_tokens
+        if settings.max_new_tokens > cap:
+            raise InputError(f"Max new tokens is at most {cap} on this server; got {settings.max_new_tokens}.")
+        return settings
+
+    # ---- the model ---------------------------------------------------------------------------------------------
     def load_model(self, session: ChatSession, model_id: str, allow_remote_code: bool, progress=gr.Progress()) -> str:
         try:
             return model_summary(session.load(self.services.chat, model_id, allow_remote_code,
@@ -85,45 +118,53 @@ class ChatHandlers:
             current = session.remote.describe() if session.remote else session.model_id
             return f"❌ {err}\n\nStill using **{current}**."  # Markdown: gradio sanitizes any HTML in it
 
+    # ---- replies -----------------------------------------------------------------------------------------------
     @on_gpu  # a ZeroGPU Space lends a GPU for the call; elsewhere a no-op
     def send(self, session: ChatSession, message: str, system: str, temperature: float, top_k: int, top_p: float,
              min_p: float, repetition_penalty: float, max_new_tokens: int, seed: int, progress=gr.Progress()):
         yield from self._stream(session, message, lambda p: session.reply(
-            self.services.chat, message, self._settings(temperature, top_k, top_p, min_p, repetition_penalty,
-                                                           max_new_tokens, seed), system, p), progress)
+            self.services.chat, message, self.settings(temperature, top_k, top_p, min_p, repetition_penalty,
+                                                          max_new_tokens, seed), system, p), progress)
 
     @on_gpu
     def retry(self, session: ChatSession, system: str, temperature: float, top_k: int, top_p: float, min_p: float,
               repetition_penalty: float, max_new_tokens: int, seed: int, progress=gr.Progress()):
         yield from self._stream(session, "", lambda p: session.retry(
-            self.services.chat, self._settings(temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens,
-                                                  seed), system, p), progress)
+            self.services.chat, self.settings(temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens,
+                                                 seed), system, p), progress)
 
-    def _settings(self, *values) -> SamplingSettings:
-        settings = SamplingSettings(*values)
-        cap = self.services.settings.max_new_tokens
-        if settings.max_new_tokens > cap:
-            raise InputError(f"Max new tokens is at most {cap} on this server; got {settings.max_new_tokens}.")
-        return settings
+    @on_gpu
+    def branch(self, session: ChatSession, step: int, token_id: int, temperature: float, top_k: int, top_p: float,
+               min_p: float, repetition_penalty: float, max_new_tokens: int, seed: int, progress=gr.Progress()):
+        """Continue the last reply from the model's alternative `token_id` at `step` (1-based, as the view shows)."""
+        yield from self._stream(session, gr.skip(), lambda p: session.branch(
+            self.services.chat, int(step) - 1, int(token_id), self.settings(
+                temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens, seed), p), progress)
 
-    def _stream(self, session: ChatSession, message: str, start, progress):
-        """Outputs: chatbot, message box, status, token view, prompt sent, model info."""
+    def branch_clicked(self, session: ChatSession, temperature, top_k, top_p, min_p, repetition_penalty,
+                       max_new_tokens, seed, event: gr.EventData, progress=gr.Progress()):
+        """An alternative clicked in the token view: its step and token id come with the click."""
+        yield from self.branch(session, int(event.step) + 1, int(event.token), temperature, top_k, top_p, min_p,
+                               repetition_penalty, max_new_tokens, seed, progress)
+
+    def _stream(self, session: ChatSession, message, start, progress):
+        """Outputs: chatbot, message box, status, token view, prompt sent, model info, version label."""
         first = True
         try:
             for update in start(progress_callback(progress)):
                 if update.notices and first:
                     for notice in update.notices:
                         gr.Warning(notice)
-                yield self._view(update, first)
+                yield self._view(session, update, first)
                 first = False
         except EmptyMessageError as err:
             gr.Warning(str(err))
-            yield chat_messages(session.turns, session.stats), message, f"⚠️ {err}", gr.skip(), gr.skip(), gr.skip()
+            yield chat_messages(session.turns, session.stats), message, f"⚠️ {err}", *(gr.skip(),) * 4
         except PlaygroundError as err:
-            yield chat_messages(session.turns, session.stats), message, f"❌ {err}", gr.skip(), gr.skip(), gr.skip()
+            yield chat_messages(session.turns, session.stats), message, f"❌ {err}", *(gr.skip(),) * 4
 
     @staticmethod
-    def _view(update: ChatUpdate, first: bool):
+    def _view(session: ChatSession, update: ChatUpdate, first: bool):
         """While streaming only the conversation (and the status when it changes) is sent: every update of every
         user costs the server the same work, so what does not change stays out of it."""
         stats = update.stats[-1] if update.stats else None
@@ -131,36 +172,79 @@ class ChatHandlers:
                              + ([f"**Last reply:** {stats.describe()}"] if stats and update.done else []))
         once = first or update.done
         return (chat_messages(update.turns, update.stats, update.waiting), "" if once else gr.skip(),
-                status if once or update.waiting else gr.skip(), render_html(update.tokens) if update.done else gr.skip(),
-                update.prompt.text if once else gr.skip(), model_summary(update.served) if once else gr.skip())
+                status if once or update.waiting else gr.skip(), token_view(session) if update.done else gr.skip(),
+                update.prompt.text if once else gr.skip(), model_summary(update.served) if once else gr.skip(),
+                version_label(session) if update.done else gr.skip())
 
     @staticmethod
     def stop(session: ChatSession) -> None:
         session.stop()
 
     @staticmethod
+    def show_version(session: ChatSession, offset: int):
+        session.show(offset)
+        return chat_messages(session.turns, session.stats), token_view(session), version_label(session)
+
+    @staticmethod
     def undo(session: ChatSession):
         message = session.undo()
-        return chat_messages(session.turns, session.stats), message
+        return chat_messages(session.turns, session.stats), message, token_view(session), version_label(session)
 
     @staticmethod
     def clear(session: ChatSession):
         session.clear()
-        return [], "", render_html([]), ""
+        return [], "", render_html([]), "", ""
+
+    # ---- files -------------------------------------------------------------------------------------------------
+    def export(self, session: ChatSession, with_tokens: bool):
+        """The conversation as Markdown (to read, to hand in) and JSON (to restore, with every setting)."""
+        if not session.exchanges:
+            raise gr.Error("Nothing to export yet: send a message first.")
+        if session.remote is not None:
+            model = {"id": session.remote.model, "remote": session.remote.base_url}
+        else:
+            served = session.served(self.services.chat)
+            model = {"id": served.model_id, "runtime": served.backend.runtime, "precision": served.backend.precision}
+        folder = Path(tempfile.mkdtemp(prefix="llmpg-chat-"))
+        (folder / "conversation.md").write_text(to_markdown(session, model["id"]), encoding="utf-8")
+        (folder / "conversation.json").write_text(to_json(session, model, bool(with_tokens)), encoding="utf-8")
+        return str(folder / "conversation.md"), str(folder / "conversation.json")
+
+    def restore(self, session: ChatSession, path: str | None):
+        """Outputs: chatbot, status, token view, version label, system prompt, then the seven settings."""
+        keep = (gr.skip(),) * (4 + len(SETTING_NAMES))
+        if not path:
+            return gr.skip(), "⚠️ Upload a conversation.json exported from this app.", *keep
+        try:
+            exchanges, system, model = from_json(read_text_file(path))
+        except PlaygroundError as err:
+            return gr.skip(), f"❌ {err}", *keep
+        session.stop()
+        session.exchanges, session.system = exchanges, system
+        settings = next((r.settings for e in reversed(exchanges) for r in [e.reply] if r.settings), None)
+        values = [getattr(settings, n) if settings else gr.skip() for n in SETTING_NAMES]
+        status = (f"Restored {len(exchanges)} exchange(s) written by **{model.get('id', 'an unknown model')}** "
+                  f"({model.get('runtime', 'remote')}, {model.get('precision', '')}); the settings of the last reply "
+                  "are back on the sliders.")
+        return (chat_messages(session.turns, session.stats), status, token_view(session), version_label(session),
+                system, *values)
 
 
 def build_tab(shell) -> dict[str, gr.Component]:
     services: Services = shell.services
     handlers = ChatHandlers(services)
     session = gr.State(partial(ChatSession, services.default_chat_model))  # one ChatSession per browser session
+    c: dict[str, gr.Component] = {"session": session}
     with gr.Row():
-        with gr.Column(scale=3):
+        with gr.Column(scale=3, min_width=320):
             with gr.Row(equal_height=True):
-                model = model_picker(services, CAUSAL_LM, label="Chat model", value=services.default_chat_model)
-                allow_remote = gr.Checkbox(False, label="Allow remote code", visible=services.settings.allow_remote_code,
-                                           info="Runs the model's own Python code: only for authors you trust")
-                load = gr.Button("Load", variant="secondary", scale=0, min_width=90)
-            model_info = gr.Markdown(f"**{services.default_chat_model}** loads with your first message, or press Load.")
+                c["model"] = model_picker(services, CAUSAL_LM, label="Chat model", value=services.default_chat_model)
+                c["allow_remote_code"] = gr.Checkbox(False, label="Allow remote code",
+                                                     visible=services.settings.allow_remote_code,
+                                                     info="Runs the model's own Python code: only for authors you trust")
+                c["load"] = gr.Button("Load", variant="secondary", scale=0, min_width=90)
+            c["model_info"] = gr.Markdown(f"**{services.default_chat_model}** loads with your first message, or press "
+                                          "Load.")
             with gr.Accordion("🌐 Remote server (OpenAI-compatible: vLLM, TGI, llama.cpp, Ollama...)", open=False,
                               visible=services.settings.allow_remote_servers):
                 with gr.Row(equal_height=True):
@@ -168,51 +252,99 @@ def build_tab(shell) -> dict[str, gr.Component]:
                     remote_model = gr.Textbox(label="Model name", placeholder="as GET /v1/models lists it", scale=2)
                     remote_key = gr.Textbox(label="API key (optional)", type="password", scale=2)
                     connect = gr.Button("Connect", scale=0, min_width=90)
-            chatbot = gr.Chatbot(label="Conversation", height=440, buttons=["copy"],
-                                 placeholder="Ask anything. Replies stream token by token; Stop ends them at once.")
-            with gr.Row(equal_height=True):
-                message = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=6,
-                                     max_lines=6, elem_id="chat-message")
-                send = gr.Button("Send", variant="primary", scale=1, min_width=80)
-                stop = gr.Button("Stop", variant="stop", scale=1, min_width=80)
-            with gr.Row():
-                retry = gr.Button("🔄 Retry", size="sm")
-                undo = gr.Button("↩️ Undo", size="sm")
-                clear = gr.Button("🗑️ Clear", size="sm")
-            status = gr.Markdown(elem_id="chat-status")
-            with gr.Accordion("Token view: how likely was each token?", open=True):
-                token_view = gr.HTML(render_html([]))
-            with gr.Accordion("Prompt sent to the model", open=False):
-                prompt = gr.Textbox(show_label=False, lines=8, max_lines=20, interactive=False)
+            with gr.Tabs() as c["views"]:
+                with gr.Tab("Conversation", id="conversation"):
+                    conversation(c)
+                chat_teaching.build(shell, c)
         with gr.Column(scale=1, min_width=260):
-            system = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=3,
-                                info="Instruct models get it through their chat template; base models as the first line")
-            temperature = gr.Slider(0, 2, 0.7, step=0.05, label="Temperature", info="0 = greedy: always the likeliest token")
-            top_k = gr.Slider(0, 200, 50, step=1, label="Top-k", info="Keep the k likeliest tokens (0 = off)")
-            top_p = gr.Slider(0.05, 1, 0.95, step=0.01, label="Top-p", info="Keep the likeliest tokens up to this mass")
-            min_p = gr.Slider(0, 0.5, 0.0, step=0.01, label="Min-p",
-                              info="Drop tokens below this fraction of the top token's probability")
-            repetition_penalty = gr.Slider(1, 2, 1.1, step=0.05, label="Repetition penalty", info="1 = off")
-            max_new_tokens = gr.Slider(1, services.settings.max_new_tokens, min(256, services.settings.max_new_tokens),
-                                       step=1, label="Max new tokens")
-            seed = gr.Number(-1, precision=0, label="Seed",
-                             info="Same seed and settings give the same reply; -1 = random (shown under the reply)")
+            c["lesson"] = gr.Markdown(visible=False, elem_id="lesson-notes")
+            c["system"] = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=3,
+                                     info="Instruct models get it through their chat template; base models as the first "
+                                          "line")
+            c["temperature"] = gr.Slider(0, 2, 0.7, step=0.05, label="Temperature",
+                                         info="0 = greedy: always the likeliest token")
+            c["top_k"] = gr.Slider(0, 200, 50, step=1, label="Top-k", info="Keep the k likeliest tokens (0 = off)")
+            c["top_p"] = gr.Slider(0.05, 1, 0.95, step=0.01, label="Top-p",
+                                   info="Keep the likeliest tokens up to this mass")
+            c["min_p"] = gr.Slider(0, 0.5, 0.0, step=0.01, label="Min-p",
+                                   info="Drop tokens below this fraction of the top token's probability")
+            c["repetition_penalty"] = gr.Slider(1, 2, 1.1, step=0.05, label="Repetition penalty", info="1 = off")
+            cap = services.settings.max_new_tokens
+            c["max_new_tokens"] = gr.Slider(1, cap, min(256, cap), step=1, label="Max new tokens")
+            c["seed"] = gr.Number(-1, precision=0, label="Seed",
+                                  info="Same seed and settings give the same reply; -1 = random (shown under the reply)")
+            c["share"] = gr.Button("🔗 Share this setup", size="sm")
+            c["share_link"] = gr.Textbox(label="Link to this setup", visible=False, buttons=["copy"], interactive=False)
+    wire(handlers, c, services)
+    chat_teaching.wire(services, c)
+    connect.click(handlers.connect_remote, [session, remote_url, remote_model, remote_key], c["model_info"],
+                  api_name="chat_connect_remote")
+    return c
 
-    settings = [system, temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens, seed]
-    stream_outputs = [chatbot, message, status, token_view, prompt, model_info]
+
+def conversation(c: dict) -> None:
+    """The Conversation view's components, added to `c`."""
+    c["chatbot"] = gr.Chatbot(label="Conversation", height=440, buttons=["copy"],
+                              placeholder="Ask anything. Replies stream token by token; Stop ends them at once.")
+    with gr.Row(equal_height=True):
+        c["message"] = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=6, max_lines=6,
+                                  elem_id="chat-message")
+        c["send"] = gr.Button("Send", variant="primary", scale=1, min_width=80)
+        c["stop"] = gr.Button("Stop", variant="stop", scale=1, min_width=80)
+    with gr.Row():
+        c["retry"] = gr.Button("🔄 Retry", size="sm")
+        c["undo"] = gr.Button("↩️ Undo", size="sm")
+        c["clear"] = gr.Button("🗑️ Clear", size="sm")
+        c["previous"] = gr.Button("◀", size="sm", min_width=40, elem_id="chat-previous")
+        c["next"] = gr.Button("▶", size="sm", min_width=40, elem_id="chat-next")
+    c["version"] = gr.Markdown(elem_id="chat-version")
+    c["status"] = gr.Markdown(elem_id="chat-status")
+    with gr.Accordion("Token view: how likely was each token? (tap a token for its alternatives)", open=True):
+        c["token_view"] = gr.HTML(render_html([]), js_on_load=BRANCH_JS, elem_id="chat-token-view")
+    with gr.Row(visible=False):  # the API's way to branch: step and token id by value
+        c["branch_step"] = gr.Number(precision=0, label="Step")
+        c["branch_token"] = gr.Number(precision=0, label="Token id")
+        c["branch"] = gr.Button("Branch")
+    with gr.Accordion("Prompt sent to the model", open=False):
+        c["prompt"] = gr.Textbox(show_label=False, lines=8, max_lines=20, interactive=False)
+    with gr.Accordion("Save or restore the conversation", open=False):
+        with gr.Row():
+            c["with_tokens"] = gr.Checkbox(True, label="Include each token's probability and alternatives (JSON)")
+            c["export"] = gr.Button("Export Markdown + JSON", size="sm")
+        with gr.Row():
+            c["markdown_file"] = gr.File(label="conversation.md", interactive=False)
+            c["json_file"] = gr.File(label="conversation.json", interactive=False)
+            c["upload"] = gr.File(label="Restore from a conversation.json", file_types=[".json"], type="filepath")
+
+
+def wire(handlers: ChatHandlers, c: dict, services: Services) -> None:
+    session = c["session"]
+    settings = [c[n] for n in SETTING_NAMES]
+    stream_outputs = [c["chatbot"], c["message"], c["status"], c["token_view"], c["prompt"], c["model_info"],
+                      c["version"]]
     # Replies wait in the engine's own line (which shows each user their place) and decode in batches there.
     generating = dict(concurrency_limit=64, concurrency_id="chat_generate", show_progress="minimal")
-    gr.on([message.submit, send.click], handlers.send, [session, message, *settings], stream_outputs,
-          api_name="chat_send", **generating)
-    retry.click(handlers.retry, [session, *settings], stream_outputs, api_name="chat_retry", **generating)
-    # Stop must never wait behind running generations.
-    stop.click(handlers.stop, session, None, api_name="chat_stop", concurrency_limit=None)
-    undo.click(handlers.undo, session, [chatbot, message], api_name="chat_undo")
-    clear.click(handlers.clear, session, [chatbot, message, token_view, prompt], api_name="chat_clear")
+    gr.on([c["message"].submit, c["send"].click], handlers.send, [session, c["message"], c["system"], *settings],
+          stream_outputs, api_name="chat_send", **generating)
+    c["retry"].click(handlers.retry, [session, c["system"], *settings], stream_outputs, api_name="chat_retry",
+                     **generating)
+    c["branch"].click(handlers.branch, [session, c["branch_step"], c["branch_token"], *settings], stream_outputs,
+                      api_name="chat_branch", **generating)
+    c["token_view"].click(handlers.branch_clicked, [session, *settings], stream_outputs, api_visibility="private",
+                          **generating)
+    c["stop"].click(handlers.stop, session, None, api_name="chat_stop", **STOP)
+    for button, offset, name in ((c["previous"], -1, "chat_previous_version"), (c["next"], 1, "chat_next_version")):
+        button.click(partial(handlers.show_version, offset=offset), session,
+                     [c["chatbot"], c["token_view"], c["version"]], api_name=name)
+    c["undo"].click(handlers.undo, session, [c["chatbot"], c["message"], c["token_view"], c["version"]],
+                    api_name="chat_undo")
+    c["clear"].click(handlers.clear, session, [c["chatbot"], c["message"], c["token_view"], c["prompt"], c["version"]],
+                     api_name="chat_clear")
+    c["export"].click(handlers.export, [session, c["with_tokens"]], [c["markdown_file"], c["json_file"]],
+                      api_name="chat_export")
+    c["upload"].upload(handlers.restore, [session, c["upload"]],
+                       [c["chatbot"], c["status"], c["token_view"], c["version"], c["system"], *settings],
+                       api_name="chat_import")
     # Picking a preset (or another tab sending a model here) loads it; Load retries, e.g. after ticking remote code.
-    gr.on([load.click, model.change], handlers.load_model, [session, model, allow_remote], model_info,
-          api_name="chat_load_model")
-    connect.click(handlers.connect_remote, [session, remote_url, remote_model, remote_key], model_info,
-                  api_name="chat_connect_remote")
-    return {"model": model, "load": load, "allow_remote_code": allow_remote, "model_info": model_info,
-            "chatbot": chatbot, "message": message, "send": send, "stop": stop, "session": session}
+    gr.on([c["load"].click, c["model"].change], handlers.load_model, [session, c["model"], c["allow_remote_code"]],
+          c["model_info"], api_name="chat_load_model")

@@ -156,6 +156,13 @@ class Request:
                 self.stop.stop(DISCONNECTED)
                 self.engine.notify()
 
+    def snapshot(self) -> ReplyChunk:
+        """The reply as it is now, without waiting (the final one once the request is done)."""
+        if self.done.is_set():
+            return ReplyChunk(self.text, replace(self.stats), list(self.steps), done=True, error=self.error)
+        return ReplyChunk(self.engine.decode(self.generated).rstrip("\ufffd"), replace(self.stats), list(self.steps),
+                          waiting=self.engine.waiting_message(self))
+
     def result(self) -> ReplyChunk:
         """The whole reply at once (scripts, tests, benchmarks)."""
         chunk = None

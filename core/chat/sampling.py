@@ -106,3 +106,43 @@ class RequestSampler:
             token = int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self.generator))
         self.ids = torch.cat([self.ids, torch.tensor([[token]])], dim=-1)
         return token
+
+
+# ---- sampling, step by step (for teaching) ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Stage:
+    """The next-token distribution after one processing stage, as the engine applies them."""
+
+    name: str
+    token_ids: tuple[int, ...]  # the most likely tokens after this stage, best first
+    probs: tuple[float, ...]
+    candidates: int  # tokens still possible (probability above zero)
+
+
+def _stage(name: str, scores: torch.Tensor, top: int) -> Stage:
+    probs = torch.softmax(scores[0].float(), dim=-1)
+    best = probs.topk(min(top, probs.numel()))
+    return Stage(name, tuple(best.indices.tolist()), tuple(best.values.tolist()), int((probs > 0).sum()))
+
+
+def _stage_name(processor) -> str:
+    names = {"RepetitionPenaltyLogitsProcessor": ("repetition penalty", "penalty"),
+             "TemperatureLogitsWarper": ("temperature", "temperature"), "TopKLogitsWarper": ("top-k", "top_k"),
+             "TopPLogitsWarper": ("top-p", "top_p"), "MinPLogitsWarper": ("min-p", "min_p")}
+    label, attribute = names.get(type(processor).__name__, (type(processor).__name__, None))
+    value = getattr(processor, attribute, None) if attribute else None
+    return f"after {label} {value:g}" if isinstance(value, (int, float)) else f"after {label}"
+
+
+def stages(settings: SamplingSettings, history_ids: list[int], logits: torch.Tensor, top: int = 20) -> list[Stage]:
+    """The distribution after each of the engine's processors, in the engine's order, starting from the raw logits.
+
+    The last stage is exactly what the engine draws from (RequestSampler.scores); greedy decoding then takes its
+    most likely token instead of drawing."""
+    ids = torch.tensor([history_ids], dtype=torch.long)
+    scores = logits.float().reshape(1, -1)
+    result = [_stage("raw model output", scores, top)]
+    for processor in logits_processors(settings):
+        scores = processor(ids, scores)
+        result.append(_stage(_stage_name(processor), scores, top))
+    return result

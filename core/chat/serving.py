@@ -25,7 +25,7 @@ import torch
 from core.chat.backends import Backend, OnnxBackend, TorchBackend
 from core.chat.engine import ChatEngine
 from core.chat.prompting import context_length
-from core.common.errors import PlaygroundError
+from core.common.errors import InputError, PlaygroundError
 from core.common.json_cache import locked, read_json, write_json
 from core.models import onnx_runtime
 from core.models.manager import LoadedModel, ModelManager
@@ -38,6 +38,8 @@ AUTO, TORCH, ONNX = "auto", "torch", "onnx"
 MIN_AGREEMENT = 0.90
 MAX_PERPLEXITY_RATIO = 1.03
 EVAL_TOKENS = 512
+# What a comparison (or the API) may ask for by name instead of the measured choice.
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16-weight", "int8-weight", "int8-dynamic", "onnx-int8", "onnx-int4")
 ONNX_CANDIDATES = ("int4", "int8", "int8-b32")  # tried fastest first; the first that keeps quality serves
 # Below this much weight, exporting costs more than it saves: PyTorch serves (unless ONNX is asked for by name).
 MIN_ONNX_BYTES = 50 * 2**20
@@ -202,9 +204,13 @@ class ChatRuntimes:
                 return
             time.sleep(0.01)
 
-    def serve(self, model_id: str, trust_remote_code: bool = False, progress: Progress | None = None) -> ServedModel:
-        """The engine for this model, built on first use (and remembered)."""
-        key = (model_id.strip(), trust_remote_code)
+    def serve(self, model_id: str, trust_remote_code: bool = False, progress: Progress | None = None,
+              precision: str = AUTO) -> ServedModel:
+        """The engine for this model (at the measured choice, or at a precision asked for by name), built on first use
+        and remembered."""
+        if precision not in PRECISION_CHOICES:
+            raise InputError(f"Unknown precision '{precision}'; choose one of {', '.join(PRECISION_CHOICES)}.")
+        key = (model_id.strip(), trust_remote_code) + ((precision,) if precision != AUTO else ())
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
@@ -212,7 +218,9 @@ class ChatRuntimes:
                 if key in self._served:
                     self._served.move_to_end(key)
                     return self._served[key]
-            served = self._build(model_id.strip(), trust_remote_code, progress or (lambda *_: None))
+            report = progress or (lambda *_: None)
+            served = (self._build(model_id.strip(), trust_remote_code, report) if precision == AUTO
+                      else self._build_at(model_id.strip(), trust_remote_code, precision, report))
             with self._guard:
                 self._served[key] = served
                 while len(self._served) > self.max_served:
@@ -236,6 +244,31 @@ class ChatRuntimes:
         return ServedModel(loaded.model_id, ChatEngine(backend, loaded.tokenizer, eos_ids(loaded.model, loaded.tokenizer)),
                            loaded.tokenizer, loaded.family, loaded.is_chat, self._torch_quality(loaded, backend),
                            notices, loaded=loaded)
+
+    def _build_at(self, model_id: str, trust_remote_code: bool, precision: str, progress: Progress) -> ServedModel:
+        """A precision asked for by name: PyTorch at that precision, or that ONNX export (no quality gate)."""
+        if not precision.startswith("onnx-"):
+            loaded = self.manager.load(model_id, CAUSAL_LM, precision=precision, trust_remote_code=trust_remote_code,
+                                       progress=progress)
+            backend = TorchBackend(loaded.model, loaded.precision, loaded.device,
+                                   context_length(loaded.model, loaded.tokenizer), self.max_batch)
+            return ServedModel(loaded.model_id, ChatEngine(backend, loaded.tokenizer,
+                                                           eos_ids(loaded.model, loaded.tokenizer)),
+                               loaded.tokenizer, loaded.family, loaded.is_chat, loaded=loaded)
+        from transformers import AutoConfig, AutoTokenizer
+
+        resolved = self.manager.resolve(model_id, progress)
+        folder = Path(resolved.path)
+        reason = onnx_runtime.unavailable_reason() or (None if folder.is_dir() else "it needs a model folder on disk")
+        if reason:
+            raise InputError(f"'{precision}' cannot serve {model_id}: {reason}.")
+        exported = onnx_runtime.export(folder, precision.removeprefix("onnx-"), progress)
+        model = self.manager.get_or_create(f"onnx:{exported}", lambda: onnx_runtime.OnnxModel(exported),
+                                           onnx_runtime.onnx_bytes(exported))
+        tokenizer, config = AutoTokenizer.from_pretrained(folder), AutoConfig.from_pretrained(folder)
+        return ServedModel(model_id, ChatEngine(OnnxBackend(model, precision.removeprefix("onnx-"), self.max_batch),
+                                                tokenizer, eos_ids_from(getattr(config, "eos_token_id", None), tokenizer)),
+                           tokenizer, config.model_type, bool(getattr(tokenizer, "chat_template", None)))
 
     def _serve_onnx(self, model_id: str, progress: Progress, notices: list[str]) -> ServedModel | None:
         from transformers import AutoConfig, AutoTokenizer

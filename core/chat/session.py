@@ -1,15 +1,17 @@
-"""One user's conversation: its turns, its chosen model and the stop flag of its running reply.
+"""One user's conversation: its exchanges (a message and every version of the reply), its model, its running reply.
 
-A session lives in the user's gr.State (never a module global), so two people chatting at once
-share the served models (one engine per model batches everyone's replies) but nothing else. Its
-RunControl gives each reply a fresh StopFlag: Stop, a model change or a new message ends only this
-session's running reply.
+A session lives in the user's gr.State (never a module global), so two people chatting at once share the served
+models (one engine per model batches everyone's replies) but nothing else. Its RunControl gives each reply a fresh
+StopFlag: Stop, a model change or a new message ends only this session's running reply.
+
+A reply can branch at any token: the reply is continued from an alternative the model considered at that step,
+and both versions are kept (the user moves between them with ◀ ▶). Retry also keeps the earlier version.
 """
 from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 from core.chat.engine import FAILED, GenerationError, ReplyStats
@@ -17,7 +19,7 @@ from core.chat.prompting import DEFAULT_SYSTEM_PROMPT, Prompt, Turn, build_promp
 from core.chat.remote import RemoteServer, check_server, messages_for, remote_reply
 from core.chat.sampling import SamplingSettings
 from core.chat.serving import ChatRuntimes, ServedModel
-from core.chat.token_view import TokenInfo, describe_steps
+from core.chat.token_view import TokenInfo, TokenStep, describe_steps
 from core.common.errors import InputError
 from core.common.stopping import RunControl
 
@@ -26,6 +28,30 @@ Progress = Callable[[float, str], None]
 
 class EmptyMessageError(InputError):
     """Nothing to send."""
+
+
+@dataclass
+class Reply:
+    """One version of an assistant reply."""
+
+    text: str
+    stats: ReplyStats | None = None
+    settings: SamplingSettings | None = None
+    steps: list[TokenStep] = field(default_factory=list)  # token ids and probabilities (local models)
+    tokens: list[TokenInfo] = field(default_factory=list)  # what the token view shows
+    branched_at: int | None = None  # the step of the reply it was branched from
+    prompt_ids: list[int] = field(default_factory=list)  # what the model read before this reply (local models)
+
+
+@dataclass
+class Exchange:
+    user: str
+    replies: list[Reply] = field(default_factory=list)
+    shown: int = 0  # which reply version is on screen
+
+    @property
+    def reply(self) -> Reply:
+        return self.replies[self.shown]
 
 
 @dataclass
@@ -46,19 +72,28 @@ class ChatUpdate:
 class ChatSession:
     model_id: str
     trust_remote_code: bool = False
-    turns: list[Turn] = field(default_factory=list)
-    stats: list[ReplyStats | None] = field(default_factory=list)
+    exchanges: list[Exchange] = field(default_factory=list)
     control: RunControl = field(default_factory=RunControl)
     remote: RemoteServer | None = None  # set: replies come from that OpenAI-compatible server
+    system: str = DEFAULT_SYSTEM_PROMPT  # of the last reply, for branches and exports
 
     def __deepcopy__(self, memo) -> ChatSession:
         """gr.State deep-copies each new session's value; a copy gets its own control (locks cannot be copied)."""
-        return ChatSession(self.model_id, self.trust_remote_code, copy.deepcopy(self.turns, memo),
-                           copy.deepcopy(self.stats, memo), remote=self.remote)
+        return ChatSession(self.model_id, self.trust_remote_code, copy.deepcopy(self.exchanges, memo),
+                           remote=self.remote, system=self.system)
+
+    @property
+    def turns(self) -> list[Turn]:
+        return [Turn(e.user, e.reply.text) for e in self.exchanges]
+
+    @property
+    def stats(self) -> list[ReplyStats | None]:
+        return [e.reply.stats for e in self.exchanges]
 
     def stop(self) -> None:
         self.control.stop()
 
+    # ---- which model ---------------------------------------------------------------------------------------------
     def load(self, runtimes: ChatRuntimes, model_id: str, trust_remote_code: bool = False,
              progress: Progress | None = None) -> ServedModel:
         """Switch model: the running reply stops first; on ModelLoadError the current model stays."""
@@ -77,35 +112,48 @@ class ChatSession:
     def served(self, runtimes: ChatRuntimes, progress: Progress | None = None) -> ServedModel:
         return runtimes.serve(self.model_id, self.trust_remote_code, progress)
 
+    # ---- replies -------------------------------------------------------------------------------------------------
     def reply(self, runtimes: ChatRuntimes, message: str, settings: SamplingSettings,
               system: str = DEFAULT_SYSTEM_PROMPT, progress: Progress | None = None) -> Iterator[ChatUpdate]:
         """Stream the model's reply to `message`; the turn (even a stopped, partial one) joins the history."""
         if not message.strip():
             raise EmptyMessageError("Type a message first: an empty message is not sent.")
         flag = self.control.begin()  # a reply still running in this session ends before the new one starts
+        self.system = system
         if self.remote is not None:
             yield from self._remote_reply(message, settings, system, flag)
             return
         served = self.served(runtimes, progress)
         prompt = build_prompt(served.tokenizer, self.turns, message, use_template=served.is_chat, system=system,
                               context=served.context, max_new_tokens=settings.max_new_tokens)
+        yield from self._stream(served, Exchange(prompt.message), prompt, settings, flag, prompt.input_ids, [])
+
+    def _stream(self, served: ServedModel, exchange: Exchange, prompt: Prompt, settings: SamplingSettings, flag,
+                ids: list[int], prefix: list[TokenStep], branched_at: int | None = None) -> Iterator[ChatUpdate]:
+        """Run one request and add its reply to `exchange` (appended to the conversation if it is new)."""
         notices = served.notices + prompt.notices
-        request = served.engine.submit(prompt.input_ids, settings, flag, prompt.stop_strings)
+        earlier = [e for e in self.exchanges if e is not exchange]
+        head = served.engine.decode([s.token_id for s in prefix])
+        request = served.engine.submit(ids, settings, flag, prompt.stop_strings)
         chunk = None
         for chunk in request.chunks():
             if not chunk.done:
-                yield ChatUpdate(self.turns + [Turn(prompt.message, chunk.text)], self.stats + [chunk.stats], prompt,
-                                 notices, served, waiting=chunk.waiting)
+                turns = [Turn(e.user, e.reply.text) for e in earlier] + [Turn(exchange.user, head + chunk.text)]
+                yield ChatUpdate(turns, [e.reply.stats for e in earlier] + [chunk.stats], prompt, notices, served,
+                                 waiting=chunk.waiting)
         if chunk.stats.finish == FAILED:
             raise GenerationError(f"The reply failed and was not added to the conversation: {chunk.error}")
-        # Trimmed turns stay on screen; the next prompt trims again from what fits.
-        self.turns.append(Turn(prompt.message, chunk.text))
-        self.stats.append(chunk.stats)
-        yield ChatUpdate(list(self.turns), list(self.stats), prompt, notices, served, done=True,
-                         tokens=describe_steps(served.tokenizer, chunk.steps))
+        steps = prefix + chunk.steps
+        text = served.engine.decode([s.token_id for s in steps]) if prefix else chunk.text
+        stats = replace(chunk.stats, tokens=len(steps))
+        exchange.replies.append(Reply(text, stats, settings, steps, describe_steps(served.tokenizer, steps),
+                                      branched_at, prompt.input_ids))
+        exchange.shown = len(exchange.replies) - 1
+        if exchange not in self.exchanges:
+            self.exchanges.append(exchange)
+        yield ChatUpdate(self.turns, self.stats, prompt, notices, served, done=True, tokens=exchange.reply.tokens)
 
-    def _remote_reply(self, message: str, settings: SamplingSettings, system: str,
-                      flag) -> Iterator[ChatUpdate]:
+    def _remote_reply(self, message: str, settings: SamplingSettings, system: str, flag) -> Iterator[ChatUpdate]:
         server = self.remote
         messages = messages_for(system, self.turns, message)
         prompt = Prompt([], json.dumps(messages, indent=1, ensure_ascii=False), "OpenAI messages (remote server)", (),
@@ -118,26 +166,63 @@ class ChatSession:
                                  server)
         if not tokens and chunk.text:
             notices.append("The server sent no log probabilities, so the token view is empty for this reply.")
-        self.turns.append(Turn(message, chunk.text))
-        self.stats.append(chunk.stats)
-        yield ChatUpdate(list(self.turns), list(self.stats), prompt, notices, server, done=True, tokens=tokens)
+        self.exchanges.append(Exchange(message, [Reply(chunk.text, chunk.stats, settings, tokens=tokens)]))
+        yield ChatUpdate(self.turns, self.stats, prompt, notices, server, done=True, tokens=tokens)
+
+    def branch(self, runtimes: ChatRuntimes, step: int, token_id: int, settings: SamplingSettings,
+               progress: Progress | None = None) -> Iterator[ChatUpdate]:
+        """Continue the last reply from an alternative token at `step`; the new version is kept beside the old."""
+        if not self.exchanges or not self.exchanges[-1].reply.steps:
+            raise InputError("Branching needs a reply from a local model first: send a message, then pick a token.")
+        exchange = self.exchanges[-1]
+        steps = exchange.reply.steps
+        if not 0 <= step < len(steps) or token_id not in steps[step].alt_ids:
+            raise InputError(f"Pick one of the model's top alternatives at a step between 1 and {len(steps)}.")
+        flag = self.control.begin()
+        served = self.served(runtimes, progress)
+        chosen = steps[step]
+        forced = TokenStep(token_id, chosen.alt_probs[chosen.alt_ids.index(token_id)], chosen.alt_ids, chosen.alt_probs)
+        prefix = steps[:step] + [forced]
+        room = settings.max_new_tokens - len(prefix)
+        if room < 1:
+            raise InputError("Raise max new tokens: the branch point is already at the reply's length limit.")
+        prompt_ids = exchange.reply.prompt_ids
+        prompt = Prompt(prompt_ids, served.engine.decode(prompt_ids), "branch", (), exchange.user)
+        yield from self._stream(served, exchange, prompt, replace(settings, max_new_tokens=room), flag,
+                                prompt_ids + [s.token_id for s in prefix], prefix, branched_at=step)
+
+    def show(self, offset: int) -> Exchange | None:
+        """Move the last reply's shown version by `offset` (◀ -1, ▶ +1), within the versions there are."""
+        if not self.exchanges:
+            return None
+        exchange = self.exchanges[-1]
+        exchange.shown = max(0, min(len(exchange.replies) - 1, exchange.shown + offset))
+        return exchange
 
     def retry(self, runtimes: ChatRuntimes, settings: SamplingSettings, system: str = DEFAULT_SYSTEM_PROMPT,
               progress: Progress | None = None) -> Iterator[ChatUpdate]:
-        """Answer the last message again (a random or changed seed gives a different reply)."""
-        if not self.turns:
+        """Answer the last message again (a random or changed seed gives a different reply); the earlier version stays,
+        one ◀ away."""
+        if not self.exchanges:
             raise EmptyMessageError("Nothing to retry yet: send a message first.")
-        message = self.undo()
-        yield from self.reply(runtimes, message, settings, system, progress)
+        if self.remote is not None:
+            yield from self.reply(runtimes, self.undo(), settings, system, progress)
+            return
+        flag = self.control.begin()
+        self.system = system
+        served = self.served(runtimes, progress)
+        exchange = self.exchanges[-1]
+        prompt = build_prompt(served.tokenizer, self.turns[:-1], exchange.user, use_template=served.is_chat,
+                              system=system, context=served.context, max_new_tokens=settings.max_new_tokens)
+        yield from self._stream(served, exchange, prompt, settings, flag, prompt.input_ids, [])
 
     def undo(self) -> str:
-        """Remove the last turn and give back its message, for editing."""
-        if not self.turns:
+        """Remove the last exchange and give back its message, for editing."""
+        if not self.exchanges:
             return ""
         self.stop()
-        self.stats.pop()
-        return self.turns.pop().user
+        return self.exchanges.pop().user
 
     def clear(self) -> None:
         self.stop()
-        self.turns, self.stats = [], []
+        self.exchanges = []

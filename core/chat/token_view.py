@@ -55,25 +55,46 @@ def prob_colour(prob: float) -> str:
     return f"hsl({hue}, 75%, 80%)"
 
 
-def render_html(tokens: list[TokenInfo]) -> str:
-    """Inline tokens coloured by probability; hover shows the top alternatives, a table lists them all."""
+def _alternatives(info: TokenInfo, step: int, ids: tuple[int, ...] | None) -> str:
+    """The step's top choices; with token ids they are buttons that continue the reply from that token."""
+    rows = []
+    for n, alt in enumerate(info.alternatives):
+        label = f"{html.escape(_visible(alt.text))} <small>{alt.prob:.1%}</small>"
+        if ids is not None and n < len(ids):
+            rows.append(f"<button class='tv-alt' data-step='{step}' data-token='{ids[n]}' "
+                        f"title='continue the reply from this token'>{label}</button>")
+        else:
+            rows.append(f"<span class='tv-alt'>{label}</span>")
+    return "".join(rows)
+
+
+def render_html(tokens: list[TokenInfo], steps: list[TokenStep] | None = None) -> str:
+    """Inline tokens coloured by probability. Tapping (or hovering) a token opens its top alternatives, which work
+    on touch screens too; with `steps` (token ids) each alternative branches the reply. A table lists them all."""
     if not tokens:
         return "<p class='notice'>The token view appears here after a reply.</p>"
     spans = []
-    for t in tokens:
-        hover = "\n".join(f"{_visible(a.text)}  {a.prob:.1%}" for a in t.alternatives)
-        spans.append(f"<span style='background:{prob_colour(t.prob)};color:#111;white-space:pre' "
-                     f"title='{html.escape(hover, quote=True)}'>{html.escape(_visible(t.text))}"
-                     f"<sub style='font-size:0.65em;opacity:0.7'>{t.prob:.0%}</sub></span>")
+    for n, t in enumerate(tokens):
+        ids = steps[n].alt_ids if steps and n < len(steps) else None
+        spans.append(f"<span class='tv-tok' tabindex='0' style='background:{prob_colour(t.prob)};color:#111'>"
+                     f"{html.escape(_visible(t.text))}<sub>{t.prob:.0%}</sub>"
+                     f"<span class='tv-alts' role='menu'>{_alternatives(t, n, ids)}</span></span>")
     rows = "".join(
         f"<tr><td>{n}</td><td><b>{html.escape(_visible(t.text))}</b> {t.prob:.1%}</td>"
         + "".join(f"<td>{html.escape(_visible(a.text))} {a.prob:.1%}</td>" for a in t.alternatives) + "</tr>"
         for n, t in enumerate(tokens, 1))
     head = "".join(f"<th>#{k}</th>" for k in range(1, TOP_K + 1))
+    branch = " Pick an alternative to continue the reply from it (the original is kept: ◀ ▶)." if steps else ""
     legend = ("<p class='notice'>Each token is coloured by the probability the model gave it "
-              "(<span style='background:hsl(0,75%,80%);color:#111'>&nbsp;low&nbsp;</span> → "
-              "<span style='background:hsl(120,75%,80%);color:#111'>&nbsp;high&nbsp;</span>). "
-              "Hover a token for the model's top-5 choices at that step.</p>")
-    return (f"<div class='token-view'>{legend}<div style='line-height:2.2'>{''.join(spans)}</div>"
+              "(<span class='tv-key' style='background:hsl(0,75%,80%)'>&nbsp;low&nbsp;</span> → "
+              "<span class='tv-key' style='background:hsl(120,75%,80%)'>&nbsp;high&nbsp;</span>). "
+              f"Tap or hover a token for the model's top-5 choices at that step.{branch}</p>")
+    return (f"<div class='token-view'>{legend}<div class='tv-line'>{''.join(spans)}</div>"
             f"<details><summary>Top-5 alternatives for every token</summary><table>"
             f"<tr><th>step</th><th>chosen</th>{head}</tr>{rows}</table></details></div>")
+
+
+# Sends a click on an alternative to the server as (step, token); clicks elsewhere in the view do nothing.
+BRANCH_JS = ("element.addEventListener('click', (event) => { const alt = event.target.closest('button.tv-alt'); "
+             "if (alt) { event.preventDefault(); trigger('click', {step: Number(alt.dataset.step), "
+             "token: Number(alt.dataset.token)}); } });")

@@ -256,6 +256,20 @@ class ModelManager:
         with self._guard:
             self._cache[(loaded.model_id, loaded.task, "auto", self.device.kind, None)] = loaded
 
+    def tokenizer(self, model_id: str, progress: Progress | None = None):
+        """A model's tokenizer alone (the Tokenizer view), loaded once; models are not loaded for it."""
+        resolved = self.resolve(model_id, progress)
+
+        def load():
+            from transformers import AutoTokenizer
+
+            try:
+                return AutoTokenizer.from_pretrained(resolved.path)
+            except Exception as err:  # hub, file and config errors alike
+                raise ModelLoadError(self._explain_failure(model_id, resolved, err)) from err
+
+        return self.get_or_create(f"tokenizer:{resolved.path}", load)
+
     def in_memory(self, model_id: str) -> bool:
         """True for a model that exists only here (a registered variant), not as files to load again."""
         with self._guard:
