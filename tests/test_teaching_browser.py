@@ -45,6 +45,10 @@ def test_clicking_an_alternative_token_branches_the_reply(page, screenshot_dir):
     page.screenshot(path=str(screenshot_dir / "chat_branch.png"), full_page=True)
     tab.locator("#chat-previous").click()
     tab.locator("#chat-version").get_by_text("version 1 of 2").wait_for(timeout=30_000)
+    tab.get_by_role("button", name="Save or restore the conversation").click()
+    tab.get_by_role("button", name="Export Markdown + JSON").click()
+    tab.get_by_text("13.0 KB", exact=False).or_(tab.get_by_text(" KB ⇣", exact=False)).first.wait_for(timeout=30_000)
+    assert tab.get_by_text(".md", exact=False).count() >= 1  # both files are offered for download
     tab.get_by_role("tab", name="Sampling").click()
     tab.get_by_role("button", name="Show the stages").click()
     tab.get_by_text("Step 1:", exact=False).wait_for(timeout=60_000)
