@@ -19,14 +19,14 @@ def load(client: Client, folder) -> str:
 
 def test_load_a_folder_then_chat_through_the_api(client, tiny_lm_dirs):
     assert "✅" in load(client, tiny_lm_dirs["llama"]) and "chat template" in load(client, tiny_lm_dirs["llama"])
-    chatbot, box, status, tokens, prompt, info = client.predict(message="Hello there", temperature=0, max_new_tokens=6,
-                                                          api_name="/chat_send")
+    chatbot, box, status, tokens, prompt, info, _version = client.predict(message="Hello there", temperature=0,
+                                                                          max_new_tokens=6, api_name="/chat_send")
     assert [m["role"] for m in chatbot] == ["user", "assistant"] and box == ""
     assert "6 tokens" in reply_text(chatbot) and "tok/s" in status and "first token" in status
     assert "token-view" in tokens and prompt.endswith("<|im_start|>assistant\n") and "chat template" in info
     again = client.predict(temperature=0, max_new_tokens=6, api_name="/chat_retry")
     assert len(again[0]) == 2 and reply_text(again[0]).split("<sub>")[0] == reply_text(chatbot).split("<sub>")[0]
-    chatbot, box = client.predict(api_name="/chat_undo")
+    chatbot, box, _tokens, _version = client.predict(api_name="/chat_undo")
     assert chatbot == [] and box == "Hello there"
     assert client.predict(message="  ", api_name="/chat_send")[2].startswith("⚠️")
 
@@ -35,7 +35,8 @@ def test_an_unknown_model_keeps_the_previous_one(client, tiny_lm_dirs):
     load(client, tiny_lm_dirs["gpt2"])
     info = load(client, "no-such-org/no-such-model")
     assert "no-such-org/no-such-model" in info and "Offline choices" in info and str(tiny_lm_dirs["gpt2"]) in info
-    chatbot, *_, prompt, _info = client.predict(message="Hi", temperature=0, max_new_tokens=3, api_name="/chat_send")
+    chatbot, *_, prompt, _info, _version = client.predict(message="Hi", temperature=0, max_new_tokens=3,
+                                                          api_name="/chat_send")
     assert prompt.endswith("User: Hi\nAssistant:")  # still the base gpt2 model, plain continuation
     client.predict(api_name="/chat_clear")
 
@@ -108,6 +109,6 @@ def test_browser_type_stream_stop(page, screenshot_dir):
                            " return b && b.innerText.trim().split(/\\s+/).length >= 5; }", timeout=60_000)
     page.get_by_role("button", name="Stop").click()
     page.locator("#chat-status").get_by_text("stopped by user").wait_for(timeout=30_000)
-    page.locator(".token-view span[title]").first.wait_for(timeout=10_000)
+    page.locator("#chat-token-view .tv-tok").first.wait_for(timeout=10_000)
     page.screenshot(path=str(screenshot_dir / "chat_stream_stop.png"), full_page=True)
     assert "stopped by user" in bubble.inner_text()

@@ -18,6 +18,7 @@ from core.classify.zero_shot import (
     parse_labels,
     zero_shot_classifier,
 )
+from core.common.errors import InputError
 from core.common.stopping import StopFlag
 from core.common.uploads import UploadError
 from core.models.registry import OFFLINE_CLASSIFIER, TEXT_CLASSIFICATION
@@ -178,3 +179,44 @@ def test_offline_sentiment_default_on_hand_checked_sentences(services):
              "A dull, lifeless script and two hours of boredom.": "negative"}
     predictions = classifier.predict(list(cases))
     assert [predictions.labels[i] for i in predictions.probs.argmax(1)] == list(cases.values())
+
+
+# ---- out-of-distribution flags --------------------------------------------------------------------------------------
+def test_ood_statistics_calibrate_thresholds_and_pick_a_method(tiny_classifier_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from core.classify.ood import (MAHALANOBIS, METHODS, MSP, TPR, OodStats, features_and_logits, fit_stats, flag,
+                                   scores)
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_classifier_dir)
+    train = ["I loved it", "wonderful acting", "great fun", "awful plot", "I hated it", "a dull mess"] * 3
+    held = ["lovely and warm", "boring and slow", "a joy to watch", "terrible ending"] * 5
+    prose = ["The committee will meet on Tuesday to discuss the budget.", "Rainfall was above average in March.",
+             "The train to the coast leaves at nine.", "Photosynthesis turns light into chemical energy."] * 5
+    stats = fit_stats(model, tok, train, [1, 1, 1, 0, 0, 0] * 3, held, prose)
+    assert set(stats.thresholds) == set(METHODS) == set(stats.auroc) and stats.default in METHODS
+    assert all(0 <= a <= 1 for a in stats.auroc.values())
+    held_scores = scores(*features_and_logits(model, tok, held), stats)
+    for method in METHODS:  # at most 5 % of held-out in-distribution texts fall above each threshold
+        assert (held_scores[method] > stats.thresholds[method]).mean() <= 1 - TPR + 1e-9
+    stats.save(tmp_path)
+    again = OodStats.load(tmp_path)
+    assert again.default == stats.default and np.allclose(again.means["head"], stats.means["head"], atol=1e-5)
+    flags = flag(*features_and_logits(model, tok, ["some text"]), again, MAHALANOBIS)
+    assert flags[0].method == MAHALANOBIS and flags[0].calibrated and "calibrated so 95%" in flags[0].describe()
+    assert flag(*features_and_logits(model, tok, ["x"]), None)[0].method == MSP  # no statistics: max softmax
+    with pytest.raises(InputError, match="needs statistics"):
+        flag(*features_and_logits(model, tok, ["x"]), None, MAHALANOBIS)
+    assert OodStats.load(tmp_path / "nothing-here") is None
+
+
+@pytest.mark.real_model
+def test_the_offline_classifier_ships_its_ood_statistics(services):
+    from core.classify.ood import METHODS, OodStats
+
+    loaded = services.manager.load(OFFLINE_CLASSIFIER, task=TEXT_CLASSIFICATION)
+    stats = OodStats.load(loaded.path)
+    assert stats is not None and stats.default in METHODS
+    result = classify_text(SequenceClassifier(loaded.model, loaded.tokenizer, stats), "A charming, funny film.")
+    assert result.confidence.method == stats.default and result.label == "positive"

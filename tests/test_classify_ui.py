@@ -9,9 +9,9 @@ from tests.browser_helpers import open_tab
 from ui.classify_tab import CLASSIFIER, ZERO_SHOT_MODE
 
 
-def classify(client, model_dir, text, mode=CLASSIFIER, labels="sports, politics", zero_shot_model=None):
+def classify(client, model_dir, text, mode=CLASSIFIER, labels="sports, politics", zero_shot_model=None, method="auto"):
     return client.predict(mode, str(model_dir), str(zero_shot_model or model_dir), labels, "This text is about {}.",
-                          text, 0.7, api_name="/classify_text")
+                          text, 0.7, method, api_name="/classify_text")
 
 
 def test_classify_and_zero_shot_through_the_api(client, tiny_classifier_dir):
@@ -29,6 +29,8 @@ def test_bad_single_inputs_get_messages(client, tiny_classifier_dir):
     assert "at least two" in verdict
     verdict, _ = classify(client, "/no/such/folder", "text")
     assert verdict.startswith("⚠️") and "Cannot load" in verdict
+    verdict, _ = classify(client, tiny_classifier_dir, "text", method="Mahalanobis distance")
+    assert verdict.startswith("⚠️") and "needs statistics" in verdict  # a model without them says so
 
 
 def test_batch_upload_and_label(client, tiny_classifier_dir, tmp_path):
@@ -37,10 +39,10 @@ def test_batch_upload_and_label(client, tiny_classifier_dir, tmp_path):
     assert "10 rows" in info
     # the gr.State output (the stop flag) is not part of the public API: three values come back
     status, table, download = client.predict(CLASSIFIER, str(tiny_classifier_dir), str(tiny_classifier_dir),
-                                             "a, b", "{}", example, "review", 0.7, api_name="/classify_batch")
+                                             "a, b", "{}", example, "review", 0.7, "auto", api_name="/classify_batch")
     assert "Labelled 10 texts" in status and len(table["data"]) == 10 and download.endswith(".csv")
     status, _, _ = client.predict(CLASSIFIER, str(tiny_classifier_dir), str(tiny_classifier_dir), "a, b", "{}",
-                                  example, "body", 0.7, api_name="/classify_batch")
+                                  example, "body", 0.7, "auto", api_name="/classify_batch")
     assert status.startswith("⚠️") and "no column 'body'" in status
     binary = tmp_path / "image.csv"
     binary.write_bytes(b"\x00\x01\x02PNG" * 100)

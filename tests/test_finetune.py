@@ -172,6 +172,9 @@ def test_classifier_trains_saves_and_is_offered(reviews, tiny_classifier_dir, se
     assert str(result.folder) in [value for _, value in services.model_choices(TEXT_CLASSIFICATION)]
     loaded = services.manager.load(str(result.folder), TEXT_CLASSIFICATION)
     assert loaded.model.config.id2label == {0: "neg", 1: "pos"}
+    from core.classify.ood import OodStats
+
+    assert OodStats.load(result.folder).means["mean"].shape[0] == 2  # the Classify tab's OOD flag gets its statistics
     with zipfile.ZipFile(zip_model(result.folder)) as archive:
         assert "model.safetensors" in archive.namelist()
 

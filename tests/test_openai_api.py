@@ -187,9 +187,9 @@ def test_chat_through_a_remote_server_with_token_view_and_stop(client, second_ap
     assert "HTTP 404" in connect(url + "gradio_api", model)
     assert "has no model 'nope'" in connect(url + "v1", "nope")
     assert "🌐" in connect(url + "v1", model)
-    chatbot, _box, status, tokens, prompt, _info = client.predict(message="Hello there", temperature=0,
+    chatbot, _box, status, tokens, prompt, _info, _version = client.predict(message="Hello there", temperature=0,
                                                                   max_new_tokens=8, api_name="/chat_send")
-    assert "8 tokens" in status and "token-view" in tokens and "title=" in tokens and '"role": "user"' in prompt
+    assert "8 tokens" in status and "token-view" in tokens and "tv-alts" in tokens and '"role": "user"' in prompt
     monkeypatch.setattr(other.chat.ready(model).engine, "eos_ids", set())
     job = client.submit(message="Go on", temperature=1.0, max_new_tokens=900, seed=2, api_name="/chat_send")
     while not job.outputs():

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from core.common.errors import InputError
 from core.common.stopping import StopFlag
 from core.models.paths import assets_dir
 from core.models.precision import Int8WeightLinear, conv1d_to_linear
@@ -25,9 +26,9 @@ from core.quantize.metrics import (
 from core.quantize.perplexity import perplexity
 from core.quantize.variants import (
     CompressionOptions,
-    LowRankLinear,
     block_linears,
     build_variant,
+    calibrated,
     register_variant,
     unavailable_reason,
     variant_id,
@@ -128,24 +129,61 @@ def test_pruning_is_permanent_and_reaches_the_sparsity(lm):
     assert all((l.weight == 0).float().mean() < 0.01 for _, _, l in block_linears(model))
 
 
-def test_low_rank_factorization():
+def stats_for(layer: nn.Linear, x: torch.Tensor):
+    from core.quantize.activation_aware import InputStats
+
+    x = x.double()
+    return {layer: InputStats((x * x).sum(0), x.T @ x, x.shape[0])}
+
+
+def test_whitened_low_rank_is_exact_at_full_rank_and_beats_plain_svd_on_the_data():
+    from core.quantize.activation_aware import FactoredLinear, factorize
+
     torch.manual_seed(0)
     layer = nn.Linear(32, 48)
-    x = torch.randn(4, 32)
-    torch.testing.assert_close(LowRankLinear(layer, 32)(x), layer(x), atol=1e-4, rtol=1e-4)  # full rank: exact
-    low = LowRankLinear(layer, 4)
-    assert sum(p.numel() for p in low.parameters()) == 4 * 32 + 4 * 48 + 48
-    assert (low(x) - layer(x)).abs().mean() > 1e-3  # truncated: an approximation
+    x = torch.randn(200, 32) * torch.linspace(0.05, 5, 32)  # a few input features carry most of the signal
+    stats = stats_for(layer, x)
+    whitened, plain = factorize(layer.weight, stats[layer].gram), factorize(layer.weight, None)
+    with torch.no_grad():
+        torch.testing.assert_close(FactoredLinear(layer, whitened, 32)(x), layer(x), atol=1e-3, rtol=1e-3)
+        errors = {name: (FactoredLinear(layer, f, 6)(x) - layer(x)).pow(2).mean().item()
+                  for name, f in (("whitened", whitened), ("plain", plain))}
+    assert errors["whitened"] < errors["plain"]  # the output error is what whitening minimizes
 
 
-def test_low_rank_only_factors_layers_it_shrinks(lm):
-    model, _ = lm
-    factored = build_variant("low-rank", model, CompressionOptions(rank=16))
-    assert 0 < factored.compressed_share < 1
-    assert any(isinstance(m, LowRankLinear) for m in factored.model.modules())
-    assert serialized_bytes(factored.model) < serialized_bytes(model)
-    too_big = build_variant("low-rank", model, CompressionOptions(rank=64))  # 64 * (64 + out) >= 64 * out everywhere
-    assert too_big.compressed_share == 0 and "kept dense" in too_big.notes[-1]
+def test_wanda_meets_the_sparsity_exactly_and_keeps_big_activations():
+    from core.quantize.activation_aware import wanda_mask
+
+    weight = torch.ones(3, 8)
+    sumsq = torch.tensor([1.0, 100, 1, 100, 1, 100, 1, 100], dtype=torch.float64)
+    keep = wanda_mask(weight, sumsq, 0.5)
+    assert (keep.sum(1) == 4).all() and keep[:, 1::2].all()  # per row, the inputs with large activations survive
+    assert wanda_mask(weight, sumsq, 0.0).all()  # zero sparsity: nothing pruned
+    two_four = wanda_mask(torch.randn(4, 16), sumsq.repeat(2), 0.5, "2:4")
+    assert (two_four.reshape(4, 4, 4).sum(-1) == 2).all()
+
+
+def test_activation_aware_variants_on_a_tiny_model(lm):
+    from core.quantize.activation_aware import FactoredLinear
+
+    model, tok = lm
+    opts = calibrated(CompressionOptions(sparsity=0.5, cut=0.3), tok)
+    wanda = build_variant("wanda", model, opts)
+    pruned = [m for m in wanda.model.modules() if isinstance(m, nn.Linear)][:-1]
+    assert all(float((m.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.02) for m in pruned)
+    assert "Wanda unstructured" in wanda.notes[-1] and "calibration_text" in wanda.notes[-1]
+    assert "no 2:4 sparse kernel" in build_variant("wanda-2:4", model, opts).notes[-1]
+    for name in ("low-rank", "svd-llm"):
+        built = build_variant(name, model, opts)
+        assert any(isinstance(m, FactoredLinear) for m in built.model.modules())
+        removed = float(built.notes[-1].split("cut: ")[1].split("%")[0]) / 100
+        assert 0.3 <= removed < 0.33  # the budget is met: at least the cut, short of one more rank step
+    with pytest.raises(InputError, match="between 0.01 and 0.99"):
+        CompressionOptions(sparsity=1)
+    with pytest.raises(InputError, match="Low-rank cut must be between"):
+        CompressionOptions(cut=1.0)
+    with pytest.raises(InputError, match="calibration text is empty"):
+        calibrated(CompressionOptions(), tok, "   ")
 
 
 def test_serialized_bytes_counts_what_torch_save_writes(lm):
@@ -166,7 +204,7 @@ def test_compare_lists_every_variant_in_one_run(tiny_lm_dirs):
     folder = tiny_lm_dirs["llama"]
     model, tok = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
     names = ["int8-dynamic", "fp16", "bnb-nf4", "torchao-int4", "pruned"]
-    *_, comparison = compare_variants("tiny", CAUSAL_LM, model, tok, names, TEXT, CompressionOptions(0.5, 16), FAST)
+    *_, comparison = compare_variants("tiny", CAUSAL_LM, model, tok, names, TEXT, CompressionOptions(0.5, 0.2), FAST)
     rows = {r.variant: r for r in comparison.results}
     assert list(rows) == ["fp32"] + names  # the baseline first, nothing dropped
     assert rows["fp16"].status == "unavailable" and "CUDA" in rows["fp16"].notes

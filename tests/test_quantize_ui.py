@@ -7,7 +7,7 @@ import pytest
 
 from tests.browser_helpers import open_tab
 
-BUILT_IN = "Built-in sample (assets/eval_text.txt)"
+from ui.quantize_tab import BUILT_IN, OWN_CALIBRATION, UPLOADED_CALIBRATION
 
 
 def _tab_present(client) -> bool:
@@ -19,22 +19,29 @@ def test_compare_and_load_into_chat_through_the_api(client, tiny_lm_dirs):
         pytest.fail("the quantize tab is not in this app: set LLMPG_TABS to include quantize or unset it")
     folder = str(tiny_lm_dirs["gpt2"])
     table, _size, _speed, csv, status, variant = client.predict(
-        folder, "Language model", ["int8-dynamic", "fp16", "pruned"], 0.5, 16, BUILT_IN, None, None, 128, 4,
-        api_name="/quantize_compare")
-    assert [row[0] for row in table["data"]] == ["fp32", "int8-dynamic", "fp16", "pruned"]
-    assert "Done." in status and "fp16" in status
-    assert [c[1] for c in variant["choices"]] == ["fp32", "int8-dynamic", "pruned"]
+        folder, "Language model", ["int8-dynamic", "fp16", "pruned", "wanda", "svd-llm"], 0.5, 0.2, OWN_CALIBRATION,
+        None, BUILT_IN, None, None, 128, 4, api_name="/quantize_compare")
+    assert [row[0] for row in table["data"]] == ["fp32", "int8-dynamic", "fp16", "pruned", "wanda", "svd-llm"]
+    assert "Done." in status and "fp16" in status and "calibrated on assets/calibration_text.txt" in status
+    assert "Evaluated on assets/eval_text.txt" in status
+    assert [c[1] for c in variant["choices"]] == ["fp32", "int8-dynamic", "pruned", "wanda", "svd-llm"]
     lines = Path(csv["value"]).read_text().splitlines()
-    assert lines[0].startswith("variant,status") and len(lines) == 5
-    message = client.predict(folder, "Language model", "int8-dynamic", 0.5, 16, api_name="/quantize_load_chat")
+    assert lines[0].startswith("variant,status") and len(lines) == 7
+    message = client.predict(folder, "Language model", "svd-llm", 0.5, 0.2, OWN_CALIBRATION, None,
+                             api_name="/quantize_load_chat")
     message = message[0] if isinstance(message, (list, tuple)) else message
-    assert "gpt2 [int8-dynamic]" in message
+    assert "gpt2 [svd-llm]" in message
 
 
 def test_missing_upload_is_reported(client, tiny_lm_dirs):
-    *_, status, _variant = client.predict(str(tiny_lm_dirs["gpt2"]), "Language model", ["int8-dynamic"], 0.5, 16,
-                                          "Uploaded text file", None, None, 128, 4, api_name="/quantize_compare")
+    *_, status, _variant = client.predict(str(tiny_lm_dirs["gpt2"]), "Language model", ["int8-dynamic"], 0.5, 0.2,
+                                          OWN_CALIBRATION, None, "Uploaded text file", None, None, 128, 4,
+                                          api_name="/quantize_compare")
     assert "Upload a .txt file" in status
+    *_, status, _variant = client.predict(str(tiny_lm_dirs["gpt2"]), "Language model", ["wanda"], 0.5, 0.2,
+                                          UPLOADED_CALIBRATION, None, BUILT_IN, None, None, 128, 4,
+                                          api_name="/quantize_compare")
+    assert "calibration file" in status
 
 
 @pytest.mark.browser

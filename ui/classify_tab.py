@@ -10,7 +10,7 @@ import pandas as pd
 from core.classify.batch import LIMITS, classify_batch, read_batch, save_results, texts_from
 from core.classify.classifier import SequenceClassifier, classify_text, probability_figure
 from core.classify.ner import ner_model
-from core.classify.ood import DEFAULT_THRESHOLD, EXPLANATION
+from core.classify.ood import AUTO, DEFAULT_THRESHOLD, EXPLANATION, METHODS, OodStats
 from core.classify.zero_shot import DEFAULT_TEMPLATE, parse_labels, zero_shot_classifier
 from core.common.errors import PlaygroundError, check_number
 from core.common.stopping import RunControl
@@ -46,7 +46,7 @@ class ClassifyHandlers:
         if mode == ZERO_SHOT_MODE:
             return zero_shot_classifier(self.services.manager, zero_shot_id, parse_labels(labels), template, report)
         loaded = self.services.manager.load(classifier_id, task=TEXT_CLASSIFICATION, progress=report)
-        return SequenceClassifier(loaded.model, loaded.tokenizer)
+        return SequenceClassifier(loaded.model, loaded.tokenizer, OodStats.load(loaded.path))
 
     @staticmethod
     def mode_change(mode):
@@ -54,11 +54,12 @@ class ClassifyHandlers:
         return gr.update(visible=not zero), gr.update(visible=zero)
 
     @on_gpu  # a ZeroGPU Space lends a GPU for the call; elsewhere a no-op
-    def classify(self, mode, classifier_id, zero_shot_id, labels, template, text, threshold, progress=gr.Progress()):
+    def classify(self, mode, classifier_id, zero_shot_id, labels, template, text, threshold, ood_method,
+                 progress=gr.Progress()):
         try:
             threshold = check_number("Confidence threshold", threshold, 0, 1)
             classifier = self._classifier(mode, classifier_id, zero_shot_id, labels, template, progress)
-            result = classify_text(classifier, text, threshold)
+            result = classify_text(classifier, text, threshold, ood_method or AUTO)
         except PlaygroundError as err:
             return failure_message(err), None
         if result.notice:
@@ -84,7 +85,7 @@ class ClassifyHandlers:
 
     @on_gpu
     def batch(self, control: RunControl, mode, classifier_id, zero_shot_id, labels, template, path, column, threshold,
-              progress=gr.Progress()):
+              ood_method, progress=gr.Progress()):
         try:
             threshold = check_number("Confidence threshold", threshold, 0, 1)
             if not path:
@@ -92,7 +93,8 @@ class ClassifyHandlers:
             texts, skipped = texts_from(read_batch(path).frame, column)
             with self.services.work.run(control, "batch labelling", progress_callback(progress)) as stop:
                 classifier = self._classifier(mode, classifier_id, zero_shot_id, labels, template, progress)
-                result = classify_batch(classifier, texts, threshold, progress_callback(progress), stop, skipped)
+                result = classify_batch(classifier, texts, threshold, progress_callback(progress), stop, skipped,
+                                        ood_method or AUTO)
         except PlaygroundError as err:
             return failure_message(err), None, None
         out = save_results(result.table, Path(tempfile.mkdtemp(prefix="llmpg-classify-")))
@@ -138,8 +140,12 @@ def build_tab(shell) -> dict[str, gr.Component]:
                     gr.Markdown(ZERO_SHOT_NOTE)
                 refresh = gr.Button("↻ Refresh models", scale=0)
             text = gr.Textbox(label="Text", lines=3, placeholder="Type or paste a text to label")
-            threshold = gr.Slider(0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.01, label="Confidence threshold",
-                                  info=EXPLANATION)
+            with gr.Row():
+                ood_method = gr.Dropdown([("auto: the best-measured method for this classifier", AUTO),
+                                          *[(m, m) for m in METHODS]], value=AUTO, label="Out-of-distribution flag",
+                                         info=EXPLANATION)
+                threshold = gr.Slider(0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.01, label="Max-softmax threshold",
+                                      info="Below this top probability the max-softmax method flags a text")
             run = gr.Button("Classify", variant="primary")
             gr.Examples(TEXT_EXAMPLES, inputs=[mode, text, labels], label="Examples (click to load)")
             with gr.Row():
@@ -180,10 +186,11 @@ def build_tab(shell) -> dict[str, gr.Component]:
     mode.change(handlers.mode_change, mode, [classifier_box, zero_box], api_name="classify_mode")
     refresh.click(refresh_picker(services, TEXT_CLASSIFICATION), None, classifier, api_name="classify_refresh")
     refresh.click(refresh_picker(services, ZERO_SHOT, ENCODER), None, zero_model, api_name="classify_refresh_zero_shot")
-    run.click(handlers.classify, choice_inputs + [text, threshold], [verdict, chart], api_name="classify_text")
-    text.submit(handlers.classify, choice_inputs + [text, threshold], [verdict, chart], api_name="classify_text_submit")
+    run.click(handlers.classify, choice_inputs + [text, threshold, ood_method], [verdict, chart], api_name="classify_text")
+    text.submit(handlers.classify, choice_inputs + [text, threshold, ood_method], [verdict, chart],
+                api_name="classify_text_submit")
     upload.change(handlers.upload, upload, [column, upload_info], api_name="classify_upload")
-    batch_run.click(handlers.batch, [control, *choice_inputs, upload, column, threshold],
+    batch_run.click(handlers.batch, [control, *choice_inputs, upload, column, threshold, ood_method],
                     [batch_status, batch_table, download], api_name="classify_batch", **HEAVY)
     batch_stop.click(handlers.stop, control, batch_status, api_name="classify_batch_stop", **STOP)
     ner_refresh.click(refresh_picker(services, TOKEN_CLASSIFICATION), None, ner_model_picker, api_name="classify_ner_refresh")

@@ -20,12 +20,14 @@ from core.quantize.metrics import (
     size_quality_figure,
     speed_figure,
 )
-from core.quantize.variants import VARIANTS, CompressionOptions, register_variant
+from core.quantize.variants import VARIANTS, CompressionOptions, calibrated, register_variant
 from ui.components import HEAVY, STOP, model_picker, progress_callback, stop_run
 
 BUILT_IN, UPLOADED = "Built-in sample (assets/eval_text.txt)", "Uploaded text file"
+OWN_CALIBRATION, UPLOADED_CALIBRATION = "The team's text (assets/calibration_text.txt)", "Uploaded text file"
 TASKS = {"Language model": CAUSAL_LM, "Classifier": TEXT_CLASSIFICATION}
-DEFAULT_VARIANTS = ["fp32", "bf16", "fp16", "int8-dynamic", "int8-weight", "onnx-int8", "bnb-nf4", "pruned", "low-rank"]
+DEFAULT_VARIANTS = ["fp32", "bf16", "fp16", "int8-dynamic", "int8-weight", "onnx-int8", "bnb-nf4", "pruned", "wanda",
+                    "low-rank", "svd-llm"]
 
 
 
@@ -58,15 +60,25 @@ class QuantizeHandlers:
         return read_labelled_csv(labels_csv)
 
     @on_gpu  # a ZeroGPU Space lends a GPU for the call; elsewhere a no-op
-    def run(self, control: RunControl, model_id, kind, variants, sparsity, rank, source, text_file, labels_csv,
-            max_tokens, decode_tokens, progress=gr.Progress()):
+    @staticmethod
+    def _options(sparsity, cut, calibration, calibration_file, tokenizer) -> CompressionOptions:
+        options = CompressionOptions(sparsity, cut)
+        if calibration == UPLOADED_CALIBRATION:
+            if not calibration_file:
+                raise UploadError("Upload a .txt calibration file, or use the team's text.")
+            return calibrated(options, tokenizer, read_text_file(calibration_file), Path(calibration_file).name)
+        return calibrated(options, tokenizer)
+
+    def run(self, control: RunControl, model_id, kind, variants, sparsity, cut, calibration, calibration_file, source,
+            text_file, labels_csv, max_tokens, decode_tokens, progress=gr.Progress()):
         task = TASKS[kind]
         try:
-            options = CompressionOptions(sparsity, rank)
+            CompressionOptions(sparsity, cut)  # numbers checked before anything loads
             settings = EvalSettings(max_eval_tokens=max_tokens, decode_tokens=decode_tokens)
             evaluation = self._evaluation(task, source, text_file, labels_csv)
             with self.services.work.run(control, "quantization sweep", progress_callback(progress)) as stop:
                 base = self.services.manager.load(model_id, task, precision="fp32", progress=progress_callback(progress))
+                options = self._options(sparsity, cut, calibration, calibration_file, base.tokenizer)
                 runs = compare_variants(base.model_id, task, base.model, base.tokenizer, list(variants or []),
                                         evaluation, options, settings, self.device, progress_callback(progress), stop)
                 comparison = None
@@ -75,7 +87,10 @@ class QuantizeHandlers:
                                                     f"{len(set(variants or []) | {'fp32'})} variants…", final=False)
             if comparison is not None:
                 done = f"Stopped ({stop.reason})." if stop.stopped else "Done."
-                yield self._outputs(comparison, f"{done} {self._summary(comparison)}", final=True)
+                evaluated = Path(text_file).name if source == UPLOADED and text_file else "assets/eval_text.txt"
+                yield self._outputs(comparison, f"{done} {self._summary(comparison)} Evaluated on {evaluated}; the "
+                                                f"activation-aware rows calibrated on {options.calibration_name}.",
+                                    final=True)
         except PlaygroundError as err:
             yield (gr.update(),) * 4 + (f"❌ {err}", gr.update())
 
@@ -98,14 +113,16 @@ class QuantizeHandlers:
         return (frame, size_quality_figure(comparison), speed_figure(comparison), csv, status,
                 gr.update(choices=choices, value=choices[-1] if choices else None))
 
-    def load_into_chat(self, model_id, kind, variant, sparsity, rank, progress=gr.Progress()):
+    def load_into_chat(self, model_id, kind, variant, sparsity, cut, calibration, calibration_file,
+                       progress=gr.Progress()):
         task = TASKS[kind]
         if not variant:
             gr.Warning("Run a comparison first, then pick one of its variants.")
             return gr.update(), gr.update(), gr.update()
         try:
-            options = CompressionOptions(sparsity, rank)
+            CompressionOptions(sparsity, cut)
             base = self.services.manager.load(model_id, task, precision="fp32", progress=progress_callback(progress))
+            options = self._options(sparsity, cut, calibration, calibration_file, base.tokenizer)
             loaded = register_variant(self.services.manager, base, variant, options)
         except PlaygroundError as err:
             return f"❌ {err}", gr.update(), gr.update()
@@ -129,8 +146,14 @@ def build_tab(shell) -> dict[str, gr.Component]:
             variants = gr.CheckboxGroup([(f"{n}: {s.description}", n) for n, s in VARIANTS.items()],
                                         value=DEFAULT_VARIANTS, label="Variants (fp32 is always measured as the baseline)")
         with gr.Column(scale=1):
-            sparsity = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Pruning sparsity")
-            rank = gr.Slider(4, 512, value=64, step=4, label="Low-rank factorization rank")
+            sparsity = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Pruning sparsity",
+                                 info="Share of linear weights the pruning rows zero (2:4 is always 50 %)")
+            cut = gr.Slider(0.05, 0.9, value=0.2, step=0.05, label="Low-rank: share of linear parameters to cut",
+                            info="Ranks are chosen per layer from this one budget")
+            calibration = gr.Radio([OWN_CALIBRATION, UPLOADED_CALIBRATION], value=OWN_CALIBRATION,
+                                   label="Calibration text (Wanda, SVD-LLM)",
+                                   info="Never the evaluation text: what calibrates is not what scores")
+            calibration_file = gr.File(label="Calibration text (.txt)", file_types=[".txt"], type="filepath")
             source = gr.Radio([BUILT_IN, UPLOADED], value=BUILT_IN, label="Evaluation text (language models)")
             text_file = gr.File(label="Text file (.txt)", file_types=[".txt"], type="filepath")
             labels_csv = gr.File(label="Labelled CSV for classifiers (text,label)", file_types=[".csv"], type="filepath")
@@ -153,11 +176,13 @@ def build_tab(shell) -> dict[str, gr.Component]:
     load_status = gr.Markdown()
 
     model.change(handlers.kind_for, [model], [kind], api_name="quantize_model_kind")
-    run.click(handlers.run, [control, model, kind, variants, sparsity, rank, source, text_file, labels_csv, max_tokens,
-                             decode_tokens], [table, size_plot, speed_plot, csv, status, variant],
+    run.click(handlers.run, [control, model, kind, variants, sparsity, cut, calibration, calibration_file, source,
+                             text_file, labels_csv, max_tokens, decode_tokens],
+              [table, size_plot, speed_plot, csv, status, variant],
               api_name="quantize_compare", **HEAVY)
     stop.click(lambda c: stop_run(c, "variant"), control, status, api_name="quantize_stop", **STOP)
     chat_outputs = [load_status, handlers.chat_model or gr.State(), shell.tabs]
-    load.click(handlers.load_into_chat, [model, kind, variant, sparsity, rank], chat_outputs, api_name="quantize_load_chat")
+    load.click(handlers.load_into_chat, [model, kind, variant, sparsity, cut, calibration, calibration_file], chat_outputs,
+               api_name="quantize_load_chat")
     return {"model": model, "variants": variants, "run": run, "stop": stop, "table": table, "variant": variant,
             "load": load, "status": status}

@@ -8,7 +8,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from core.classify.ood import DEFAULT_THRESHOLD, normalised_entropy
+from core.classify.classifier import assess
+from core.classify.ood import AUTO, DEFAULT_THRESHOLD, normalised_entropy
 from core.common.stopping import StopFlag
 from core.common.uploads import UploadError, read_table, require_columns
 
@@ -80,8 +81,8 @@ def texts_from(frame: pd.DataFrame, column: str | None) -> tuple[list[str], int]
 
 def classify_batch(classifier, texts: list[str], threshold: float = DEFAULT_THRESHOLD,
                    progress: Callable[[float, str], None] | None = None, stop: StopFlag | None = None,
-                   skipped_empty: int = 0) -> BatchResult:
-    """Run `classifier.predict` over the texts in chunks, reporting progress and honouring the stop flag."""
+                   skipped_empty: int = 0, method: str = AUTO) -> BatchResult:
+    """Label the texts in chunks with an out-of-distribution flag each, reporting progress and honouring Stop."""
     report = progress or (lambda *_: None)
     rows, labels, stopped = [], None, ""
     for start in range(0, len(texts), CHUNK):
@@ -89,12 +90,12 @@ def classify_batch(classifier, texts: list[str], threshold: float = DEFAULT_THRE
             stopped = stop.reason
             break
         chunk = texts[start:start + CHUNK]
-        probs = classifier.predict(chunk)
+        probs, flags = assess(classifier, chunk, method, threshold)
         labels = probs.labels
-        for text, row in zip(chunk, probs.probs):
+        for text, row, flagged in zip(chunk, probs.probs, flags):
             top = int(np.argmax(row))
             rows.append({"text": text, "label": labels[top], "confidence": round(float(row[top]), 4),
-                         "entropy": round(normalised_entropy(row), 4), "low_confidence": bool(row[top] < threshold),
+                         "entropy": round(normalised_entropy(row), 4), "low_confidence": flagged.low,
                          **{f"p({name})": round(float(p), 4) for name, p in zip(labels, row)}})
         done = min(start + CHUNK, len(texts))
         report(done / len(texts), f"Labelled {done:,} of {len(texts):,} texts")

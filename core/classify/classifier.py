@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.classify.ood import DEFAULT_THRESHOLD, Confidence, confidence
+from core.classify.ood import AUTO, DEFAULT_THRESHOLD, MSP, Confidence, OodStats, confidence, features_and_logits, flag
 from core.common.errors import InputError
 
 
@@ -74,10 +74,11 @@ def fit_to_model(tokenizer, text: str, max_length: int) -> tuple[str, str | None
 
 
 class SequenceClassifier:
-    """A transformers sequence classifier behind the same `predict(texts)` as the zero-shot classifiers."""
+    """A transformers sequence classifier behind the same `predict(texts)` as the zero-shot classifiers; with the
+    out-of-distribution statistics saved beside its weights it can also flag texts unlike its training data."""
 
-    def __init__(self, model, tokenizer):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, tokenizer, ood: OodStats | None = None):
+        self.model, self.tokenizer, self.ood = model, tokenizer, ood
         self.max_length = model_max_length(tokenizer, model)
 
     @property
@@ -86,6 +87,23 @@ class SequenceClassifier:
 
     def predict(self, texts: list[str]) -> ClassProbabilities:
         return predict_proba(self.model, self.tokenizer, texts, max_length=self.max_length)
+
+    def assess(self, texts: list[str], method: str = AUTO,
+               threshold: float = DEFAULT_THRESHOLD) -> tuple[ClassProbabilities, list[Confidence]]:
+        features, logits = features_and_logits(self.model, self.tokenizer, texts, max_length=self.max_length)
+        probs = ClassProbabilities(self.labels, torch.softmax(torch.from_numpy(logits), dim=-1).numpy())
+        return probs, flag(features, logits, self.ood, method, threshold)
+
+
+def assess(classifier, texts: list[str], method: str = AUTO,
+           threshold: float = DEFAULT_THRESHOLD) -> tuple[ClassProbabilities, list[Confidence]]:
+    """Probabilities and an out-of-distribution flag per text; classifiers without features get max softmax."""
+    if hasattr(classifier, "assess"):
+        return classifier.assess(texts, method, threshold)
+    if method not in (AUTO, MSP):
+        raise InputError(f"{method} needs a trained classifier's features; zero-shot labels use max softmax probability.")
+    probs = classifier.predict(texts)
+    return probs, [confidence(row, threshold) for row in probs.probs]
 
 
 @dataclass(frozen=True)
@@ -105,12 +123,12 @@ class ClassificationResult:
         return sorted(zip(self.probs.labels, map(float, row)), key=lambda pair: -pair[1])
 
 
-def classify_text(classifier, text: str, threshold: float = DEFAULT_THRESHOLD) -> ClassificationResult:
+def classify_text(classifier, text: str, threshold: float = DEFAULT_THRESHOLD, method: str = AUTO) -> ClassificationResult:
     """Label one text with any object that has `predict(texts)`, `tokenizer` and `max_length`."""
     text = check_text(text)
     kept, notice = fit_to_model(classifier.tokenizer, text, classifier.max_length)
-    probs = classifier.predict([kept])
-    return ClassificationResult(text, probs, confidence(probs.probs[0], threshold), notice)
+    probs, flags = assess(classifier, [kept], method, threshold)
+    return ClassificationResult(text, probs, flags[0], notice)
 
 
 def probability_figure(result: ClassificationResult):
@@ -121,8 +139,9 @@ def probability_figure(result: ClassificationResult):
     colours = ["#4f46e5" if label == result.label else "#a5b4fc" for label, _ in ranked]
     figure = go.Figure(go.Bar(x=[p for _, p in ranked], y=[label for label, _ in ranked], orientation="h",
                               marker_color=colours, text=[f"{p:.1%}" for _, p in ranked], textposition="auto"))
-    figure.add_vline(x=result.confidence.threshold, line_dash="dash", line_color="#dc2626",
-                     annotation_text=f"threshold {result.confidence.threshold:.2f}", annotation_position="top")
+    if result.confidence.method == MSP:
+        figure.add_vline(x=result.confidence.threshold, line_dash="dash", line_color="#dc2626",
+                         annotation_text=f"threshold {result.confidence.threshold:.2f}", annotation_position="top")
     figure.update_layout(xaxis=dict(range=[0, 1], title="probability"), height=120 + 32 * len(ranked),
                          margin=dict(l=10, r=10, t=30, b=40), showlegend=False)
     return figure

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core.classify.ood import fit_stats, prose_sentences
 from core.models.packaged import minilm_folder
 from core.models.paths import assets_dir
 
@@ -33,6 +34,7 @@ class TrainSettings:
     learning_rate: float = 1e-4
     max_length: int = 64  # the reviews are short; truncating at 64 tokens keeps a step cheap
     seed: int = 13
+    held_out: float = 0.1  # reviews kept out of training to calibrate the out-of-distribution flag
 
 
 def read_reviews(path: Path | None = None) -> tuple[list[str], list[int]]:
@@ -72,7 +74,7 @@ def build(out: Path, progress: Callable[[float, str], None] | None = None,
 
     report = progress or (lambda *_: None)
     generator = seed_everything(settings.seed)
-    texts, labels = read_reviews(data)
+    texts, labels, held_out = split_held_out(*read_reviews(data), settings.held_out, generator)
     encoder = minilm_folder(None)
     report(0.02, "Building the offline sentiment classifier (first use only): loading the MiniLM encoder")
     tokenizer = AutoTokenizer.from_pretrained(encoder)
@@ -100,7 +102,20 @@ def build(out: Path, progress: Callable[[float, str], None] | None = None,
                 report(0.05 + 0.9 * step / total,
                        f"Training the sentiment head: epoch {epoch + 1}/{settings.epochs}, loss {loss.item():.3f}")
     model.eval()
+    report(0.95, "Measuring what in-distribution text looks like to the classifier (out-of-distribution flag)")
+    prose = prose_sentences((assets_dir() / "calibration_text.txt").read_text(encoding="utf-8"))
+    stats = fit_stats(model, tokenizer, texts, labels, held_out, prose)
     report(0.97, "Saving the sentiment classifier to the local cache")
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    stats.save(out)
     report(1.0, "Offline sentiment classifier ready")
+
+
+def split_held_out(texts: list[str], labels: list[int], share: float,
+                   generator: torch.Generator) -> tuple[list[str], list[int], list[str]]:
+    """(training texts, their labels, held-out texts): the held-out ones calibrate the out-of-distribution flag."""
+    order = torch.randperm(len(texts), generator=generator).tolist()
+    cut = int(len(texts) * share)
+    keep = sorted(order[cut:])
+    return [texts[i] for i in keep], [labels[i] for i in keep], [texts[i] for i in order[:cut]]

@@ -16,7 +16,7 @@ from core.common.stopping import StopFlag
 from core.finetune.data import DataSplit
 from core.finetune.metrics import Metrics
 from core.finetune.progress import BestWeightsCallback, LiveCallback, TrainingProgress
-from core.finetune.tasks import FineTuneTask, Hyperparameters, make_task
+from core.finetune.tasks import ClassificationTask, FineTuneTask, Hyperparameters, make_task
 from core.models.store import ModelCard, ModelStore
 
 # Architectures whose usual LoRA targets peft does not list.
@@ -163,9 +163,25 @@ def run_finetune(spec: FineTuneSpec, store: ModelStore, progress: TrainingProgre
     folder, card = save_to_store(store, spec, task, model, tokenizer, metrics,
                                  {"trainable_params": trainable, "total_params": total, "steps": steps},
                                  f"{notes}kept the weights of step {best.best_step or steps}")
+    if isinstance(task, ClassificationTask):
+        progress.set_phase("Measuring the out-of-distribution flag's statistics")
+        ood_statistics(model, tokenizer, data, task).save(folder)
     progress.set_phase("Done")
     return FineTuneResult(spec, folder, metrics["eval"], metrics.get("extra"), trainable, total, steps,
                           seconds, stop.reason if stop.stopped else "", early_stopped, best.best_step, card)
+
+
+def ood_statistics(model, tokenizer, data: DataSplit, task: FineTuneTask, limit: int = 2000):
+    """What the classifier's training texts look like to it, for the Classify tab's out-of-distribution flag: class
+    means and covariance from the training texts, thresholds from the validation texts."""
+    from core.classify.ood import fit_stats, prose_sentences
+    from core.models.paths import assets_dir
+
+    model.eval()
+    ids = {label: i for i, label in enumerate(task.labels)}
+    prose = prose_sentences((assets_dir() / "calibration_text.txt").read_text(encoding="utf-8"))
+    return fit_stats(model, tokenizer, data.train.texts[:limit], [ids[label] for label in data.train.labels[:limit]],
+                     data.eval.texts[:limit], prose)
 
 
 def train_job(spec: FineTuneSpec, base_path: str, store_root: str, progress: TrainingProgress,

@@ -24,7 +24,7 @@ from core.common.stopping import StopFlag
 from core.common.uploads import UploadError, read_table, require_columns
 from core.models.registry import CAUSAL_LM
 from core.quantize.perplexity import encode, scored_windows
-from core.quantize.variants import VARIANTS, CompressionOptions, build_variant, unavailable_reason
+from core.quantize.variants import VARIANTS, CompressionOptions, build_variant, calibrated, unavailable_reason
 
 Progress = Callable[[float, str], None]
 BASELINE = "fp32"
@@ -290,6 +290,8 @@ def compare_variants(model_id: str, task: str, fp32, tokenizer, variants: list[s
     Variants that cannot run here are listed with their reason; a variant that fails is listed with its error.
     """
     report = progress or (lambda *_: None)
+    if not opts.calibration_ids:
+        opts = calibrated(opts, tokenizer)
     names = [BASELINE] + [v for v in dict.fromkeys(variants) if v != BASELINE]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:

@@ -12,7 +12,7 @@ import copy
 import importlib.util
 import logging
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -20,19 +20,34 @@ import torch
 from torch import nn
 
 from core.common.errors import InputError, check_number
+from core.models.paths import assets_dir
 from core.models.precision import Int8WeightLinear, conv1d_to_linear, int8_weight_only
+from core.quantize.activation_aware import FactoredLinear, collect_stats, low_rank, wanda_prune
 
 # bitsandbytes logs on every int8 matmul that CPU float32 inputs are cast to float16: expected here, and noisy.
 logging.getLogger("bitsandbytes.autograd._functions").addFilter(lambda record: "inputs will be cast" not in record.msg)
 
 @dataclass(frozen=True)
 class CompressionOptions:
-    sparsity: float = 0.5  # share of weights zeroed by magnitude pruning
-    rank: int = 64  # rank kept by the SVD factorization of each linear layer
+    sparsity: float = 0.5  # share of linear weights zeroed by the pruning variants
+    cut: float = 0.2  # share of the linear layers' parameters the low-rank variants remove
+    calibration_ids: tuple[int, ...] = ()  # tokens of the calibration text (activation-aware variants)
+    calibration_name: str = "assets/calibration_text.txt"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sparsity", check_number("Pruning sparsity", self.sparsity, 0.01, 0.99))
-        object.__setattr__(self, "rank", check_number("Low-rank rank", self.rank, 1, 8192, integer=True))
+        object.__setattr__(self, "cut", check_number("Low-rank cut", self.cut, 0.01, 0.9))
+
+
+def calibrated(opts: CompressionOptions, tokenizer, text: str | None = None, name: str | None = None,
+               max_tokens: int = 2048) -> CompressionOptions:
+    """The options with the calibration text's tokens (default: the team's assets/calibration_text.txt)."""
+    if text is None:
+        text = (assets_dir() / "calibration_text.txt").read_text(encoding="utf-8")
+    if not text.strip():
+        raise InputError("The calibration text is empty: upload a .txt file with some prose in it.")
+    ids = tokenizer(text)["input_ids"][:max_tokens]
+    return replace(opts, calibration_ids=tuple(ids), calibration_name=name or opts.calibration_name)
 
 
 @dataclass
@@ -197,34 +212,51 @@ def build_pruned(fp32: nn.Module, opts: CompressionOptions) -> BuiltVariant:
     return BuiltVariant(model, _count(layers), unique_params(fp32), notes)
 
 
-class LowRankLinear(nn.Sequential):
-    """W ≈ U_r S_r V_r^T as two linear layers: in -> rank (no bias) -> out."""
-
-    def __init__(self, layer: nn.Linear, rank: int):
-        u, s, vh = torch.linalg.svd(layer.weight.data.float(), full_matrices=False)
-        root = s[:rank].sqrt()
-        down = nn.Linear(layer.in_features, rank, bias=False, dtype=layer.weight.dtype)
-        up = nn.Linear(rank, layer.out_features, bias=layer.bias is not None, dtype=layer.weight.dtype)
-        down.weight.data = (root[:, None] * vh[:rank]).to(layer.weight.dtype)
-        up.weight.data = (u[:, :rank] * root[None, :]).to(layer.weight.dtype)
-        if layer.bias is not None:
-            up.bias.data = layer.bias.data.clone()
-        super().__init__(down, up)
+def _calibration(fp32: nn.Module, opts: CompressionOptions):
+    if not opts.calibration_ids:
+        raise InputError("The activation-aware variants need a calibration text.")
+    return torch.tensor([opts.calibration_ids])
 
 
-def build_low_rank(fp32: nn.Module, opts: CompressionOptions) -> BuiltVariant:
-    """Truncated SVD of each linear layer where it saves parameters: rank * (in + out) < in * out."""
-    model, notes = _linear_copy(fp32)
-    factored, kept = [], 0
-    for parent, name, layer in block_linears(model):
-        if opts.rank * (layer.in_features + layer.out_features) < layer.in_features * layer.out_features:
-            factored.append(layer)
-            setattr(parent, name, LowRankLinear(layer, opts.rank))
-        else:
-            kept += 1
-    notes.append(f"rank {opts.rank}: {len(factored)} layers factored" +
-                 (f", {kept} kept dense (factoring them would not save parameters)" if kept else ""))
-    return BuiltVariant(model, _count(factored), unique_params(fp32), notes)
+def _wanda_builder(pattern: str) -> Callable[[nn.Module, CompressionOptions], BuiltVariant]:
+    def build(fp32: nn.Module, opts: CompressionOptions) -> BuiltVariant:
+        model, notes = _linear_copy(fp32)
+        layers = [layer for _, _, layer in block_linears(model)]
+        stats = collect_stats(model, layers, _calibration(fp32, opts), gram=False)
+        sparsity = 0.5 if pattern == "2:4" else opts.sparsity
+        zeroed = wanda_prune(layers, stats, sparsity, pattern)
+        weights = sum(layer.weight.numel() for layer in layers)
+        notes.append(f"Wanda {pattern} on {len(opts.calibration_ids)} tokens of {opts.calibration_name}: "
+                     f"{zeroed / weights:.1%} of pruned weights zeroed; stored dense, so the file does not shrink")
+        if pattern == "2:4":
+            notes.append(_sparse_kernel_note())
+        return BuiltVariant(model, _count(layers), unique_params(fp32), notes)
+
+    return build
+
+
+def _sparse_kernel_note() -> str:
+    """Whether 2:4 sparsity could run faster here (it needs sparse tensor cores)."""
+    if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0):
+        return ("this GPU has 2:4 sparse tensor cores (torch.sparse.to_sparse_semi_structured could use them); "
+                "measured here stored dense")
+    return "no 2:4 sparse kernel on this machine (it needs an NVIDIA GPU from Ampere on): no faster here, only smaller"
+
+
+def _low_rank_builder(whitened: bool) -> Callable[[nn.Module, CompressionOptions], BuiltVariant]:
+    def build(fp32: nn.Module, opts: CompressionOptions) -> BuiltVariant:
+        model, notes = _linear_copy(fp32)
+        found = block_linears(model)
+        stats = collect_stats(model, [layer for _, _, layer in found], _calibration(fp32, opts), gram=True) \
+            if whitened else None
+        before, after = low_rank(found, opts.cut, stats)
+        factored = sum(isinstance(m, FactoredLinear) for m in model.modules())
+        how = f"whitened with {len(opts.calibration_ids)} tokens of {opts.calibration_name}" if whitened else "plain SVD"
+        notes.append(f"{how}; ranks chosen per layer for a {opts.cut:.0%} cut: {1 - after / before:.1%} of the linear "
+                     f"parameters removed, {factored} of {len(found)} layers factored")
+        return BuiltVariant(model, before, unique_params(fp32), notes)
+
+    return build
 
 
 def _onnx_builder(precision: str) -> Callable[[nn.Module, CompressionOptions], BuiltVariant]:
@@ -292,7 +324,13 @@ VARIANTS: dict[str, VariantSpec] = {spec.name: spec for spec in (
                 _onnx_available),
     VariantSpec("onnx-int4", "ONNX Runtime, int4 weights", _onnx_builder("int4"), _onnx_available),
     VariantSpec("pruned", "magnitude pruning of linear weights", build_pruned, _always),
-    VariantSpec("low-rank", "SVD low-rank factorization of linear layers", build_low_rank, _always),
+    VariantSpec("wanda", "Wanda pruning: |weight| x input activation norm, per output row", _wanda_builder("unstructured"),
+                _always),
+    VariantSpec("wanda-2:4", "Wanda pruning in the 2:4 pattern (2 of every 4 weights)", _wanda_builder("2:4"), _always),
+    VariantSpec("low-rank", "plain SVD of linear layers, ranks from one parameter budget", _low_rank_builder(False),
+                _always),
+    VariantSpec("svd-llm", "activation-aware SVD (whitened, SVD-LLM), ranks from one parameter budget",
+                _low_rank_builder(True), _always),
 )}
 
 
@@ -322,7 +360,7 @@ def register_variant(manager, base, name: str, opts: CompressionOptions):
         raise InputError("The Chat tab already runs this model on ONNX Runtime when an export keeps fp32's quality "
                          "(see the model summary there); pick a PyTorch variant to try it in Chat.")
     start = time.perf_counter()
-    built = build_variant(name, base.model, opts)
+    built = build_variant(name, base.model, opts if opts.calibration_ids else calibrated(opts, base.tokenizer))
     loaded = LoadedModel(variant_id(base.model_id, name), base.task, "memory", base.path, built.model, base.tokenizer,
                          base.device, name, base.is_chat, time.perf_counter() - start, model_nbytes(built.model))
     manager.register(loaded)
