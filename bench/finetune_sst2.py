@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sst2"
+from bench import sst2
 
 
 def plain_loop(model_path: str, texts: list[str], labels: list[int], test_texts: list[str], epochs: int,
@@ -56,13 +56,11 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--baseline-loop", action="store_true", help="also time a plain PyTorch loop (~6 more minutes)")
     args = parser.parse_args()
-    if not (DATA / "train_4k.tsv").exists():
-        print(f"SST-2 data not found at {DATA}; nothing to benchmark.")
+    if not sst2.available():
         return 0
 
     import tempfile
 
-    from core.finetune.data import ColumnMapping, prepare
     from core.finetune.metrics import classification_metrics
     from core.finetune.tasks import default_hyperparameters
     from core.finetune.training import FineTuneSpec, run_finetune
@@ -76,8 +74,7 @@ def main() -> int:
     hyper.epochs = args.epochs or hyper.epochs
     hyper.learning_rate = args.lr or hyper.learning_rate
     hyper.batch_size = args.batch_size or hyper.batch_size
-    data = prepare(TEXT_CLASSIFICATION, DATA / "train_4k.tsv", ColumnMapping(text="sentence", label="label"),
-                   eval_percent=10, extra_eval_path=DATA / "validation.tsv")
+    data = sst2.train_split(hyper.seed)
     manager = ModelManager(offline=True)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as store_dir:

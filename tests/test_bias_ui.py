@@ -97,3 +97,35 @@ def test_fairness_run_and_report_screenshots(page, app_url, tiny_classifier_dir,
     report.locator(".js-plotly-plot").nth(3).wait_for(timeout=30_000)
     assert report.locator("h2").all_inner_texts() == ["Paired sentences (CrowS-Pairs format)", "Fairness on labelled data"]
     report.screenshot(path=str(screenshot_dir / "bias_report.png"), full_page=True)
+
+
+def test_before_after_through_the_api(bias_client, tiny_classifier_dir, tmp_path):
+    from tests.tiny_models import build_bert
+
+    other = str(build_bert(tmp_path / "other", ["negative", "positive"], seed=1))
+    templates, groups = "The {group} was a doctor.\nI met a {group}.", "gender: woman, man"
+    status, table, figure, notes = bias_client.predict(other, str(tiny_classifier_dir), None, templates, groups,
+                                                       ["gender"], "auto", "auto", 100, 0,
+                                                       api_name="/bias_before_after")
+    assert "mention a group word" in status and "Swap gap" in notes and figure is not None
+    assert table["headers"] == ["measure", "before", "after", "change", "better"]
+    same, *_ = bias_client.predict(other, other, None, templates, groups, ["gender"], "auto", "auto", 100, 0,
+                                   api_name="/bias_before_after")
+    assert same.startswith("⚠️") and "two different classifiers" in same
+
+
+@pytest.mark.browser
+def test_before_after_in_the_browser(page, tiny_classifier_dir, tmp_path, screenshot_dir):
+    from tests.tiny_models import build_bert
+
+    other = str(build_bert(tmp_path / "other", ["negative", "positive"], seed=1))
+    tab = open_tab(page, "bias")
+    tab.get_by_role("tab", name="Before / after").click()
+    _pick(tab, "After (mitigated)", other)
+    _pick(tab, "Before (unmitigated twin)", str(tiny_classifier_dir))
+    tab.get_by_role("button", name="Compare before and after").click()
+    tab.get_by_text("Same probes on both models", exact=False).wait_for(timeout=60_000)
+    tab.locator(".js-plotly-plot:visible").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(screenshot_dir / "bias_before_after.png"), full_page=True)
+    assert tab.get_by_text("Swap gap:", exact=False).count() == 1

@@ -185,8 +185,7 @@ def test_offline_sentiment_default_on_hand_checked_sentences(services):
 def test_ood_statistics_calibrate_thresholds_and_pick_a_method(tiny_classifier_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from core.classify.ood import (MAHALANOBIS, METHODS, MSP, TPR, OodStats, features_and_logits, fit_stats, flag,
-                                   scores)
+    from core.classify.ood import MAHALANOBIS, METHODS, MSP, TPR, OodStats, features_and_logits, fit_stats, flag, scores
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier_dir).eval()
     tok = AutoTokenizer.from_pretrained(tiny_classifier_dir)

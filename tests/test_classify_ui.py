@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 from gradio_client import handle_file
 
+from core.classify.ood import MAHALANOBIS
 from core.models.paths import assets_dir
 from tests.browser_helpers import open_tab
 from ui.classify_tab import CLASSIFIER, ZERO_SHOT_MODE
@@ -29,7 +30,7 @@ def test_bad_single_inputs_get_messages(client, tiny_classifier_dir):
     assert "at least two" in verdict
     verdict, _ = classify(client, "/no/such/folder", "text")
     assert verdict.startswith("⚠️") and "Cannot load" in verdict
-    verdict, _ = classify(client, tiny_classifier_dir, "text", method="Mahalanobis distance")
+    verdict, _ = classify(client, tiny_classifier_dir, "text", method=MAHALANOBIS)
     assert verdict.startswith("⚠️") and "needs statistics" in verdict  # a model without them says so
 
 

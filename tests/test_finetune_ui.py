@@ -55,6 +55,24 @@ def test_client_uploads_a_csv_and_trains_one_epoch(client, tiny_classifier_dir, 
     assert str(zipped).endswith(".zip")
 
 
+def test_client_distils_the_classifier_and_reads_the_teacher_student_table(client, tiny_classifier_dir, tmp_path):
+    from gradio_client import handle_file
+
+    csv = tmp_path / "reviews.csv"
+    pd.DataFrame({"text": ["he loved it", "great fun", "she hated it", "dull plot"] * 4,
+                  "label": ["1", "1", "0", "0"] * 4}).to_csv(csv, index=False)  # ids, read as the teacher's labels
+    user = uuid.uuid4().hex
+    _, message = client.predict(**train_args(user, str(tiny_classifier_dir), handle_file(str(csv)), epochs=1,
+                                             batch_size=8, distil=True, student_layers=1, augment=True),
+                                api_name="/finetune_train")
+    assert message.startswith("Started"), message
+    status, curves, results, *_ = poll_until_done(client, user)
+    assert ": finished" in status, status
+    assert "| teacher |" in results and "| student |" in results and "Speed ratio" in results
+    assert "1 of the teacher's 2 layers" in results and "swapped copies" in results
+    assert "KL to teacher" in str(curves)  # both loss terms are drawn
+
+
 def test_client_second_run_waits_for_the_first_and_stop_ends_it(client, tiny_classifier_dir, tmp_path):
     from gradio_client import handle_file
 
@@ -126,13 +144,19 @@ def test_client_bad_file_gets_a_message(client, tmp_path):
     assert message.startswith("⚠️") and "at least two" in message
 
 
-@pytest.mark.browser
-def test_browser_trains_the_example(page, screenshot_dir, tiny_classifier_dir):
+def _example_loaded(page, model_folder):
+    """The Fine-tune tab on `model_folder` with the example reviews loaded and previewed."""
     tab = open_tab(page, "finetune")
-    tab.get_by_label("Base model").fill(str(tiny_classifier_dir))
+    tab.get_by_label("Base model").fill(str(model_folder))
     tab.get_by_label("Base model").press("Enter")
     tab.get_by_role("button", name="Load the example data for this task").click()
     tab.locator(".cell-wrap:visible", has_text="positive").first.wait_for(timeout=30_000)  # the label column of the preview
+    return tab
+
+
+@pytest.mark.browser
+def test_browser_trains_the_example(page, screenshot_dir, tiny_classifier_dir):
+    tab = _example_loaded(page, tiny_classifier_dir)
     tab.get_by_role("button", name="Hyperparameters").click()
     tab.get_by_label("Epochs").fill("20")  # long enough to be seen running; Stop ends it
     tab.get_by_label("Learning rate").fill("0.001")
@@ -151,3 +175,19 @@ def test_browser_trains_the_example(page, screenshot_dir, tiny_classifier_dir):
     page.screenshot(path=str(screenshot_dir / "finetune_after.png"), full_page=True)
     assert tab.get_by_text("macro F1", exact=False).count() >= 1
     assert tab.get_by_text("stopped by you", exact=False).count() >= 1
+
+
+@pytest.mark.browser
+def test_browser_distils_with_augmentation_and_shows_both_loss_terms(page, screenshot_dir, tiny_classifier_dir):
+    tab = _example_loaded(page, tiny_classifier_dir)
+    tab.get_by_role("button", name="Distil a smaller model", exact=False).click()
+    tab.get_by_label("Distil into a smaller student").check()
+    tab.get_by_label("Teacher model").first.wait_for(timeout=10_000)  # the picker now names the teacher
+    tab.get_by_label("Counterfactual augmentation").check()
+    tab.get_by_role("button", name="Train", exact=True).click()
+    tab.get_by_text("Results:", exact=False).wait_for(timeout=120_000)
+    tab.locator(".js-plotly-plot .legend", has_text="KL to teacher").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(screenshot_dir / "finetune_distil.png"), full_page=True)
+    assert tab.get_by_role("cell", name="teacher", exact=True).count() >= 1
+    assert tab.get_by_role("cell", name="student", exact=True).count() >= 1

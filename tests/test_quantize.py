@@ -151,6 +151,29 @@ def test_whitened_low_rank_is_exact_at_full_rank_and_beats_plain_svd_on_the_data
     assert errors["whitened"] < errors["plain"]  # the output error is what whitening minimizes
 
 
+def test_shrunk_gram_uses_the_ledoit_wolf_coefficient_of_sklearn():
+    from sklearn.covariance import ledoit_wolf_shrinkage
+
+    from core.quantize.activation_aware import InputStats
+
+    torch.manual_seed(0)
+    x = (torch.randn(40, 64) * torch.linspace(0.1, 3, 64)).double()  # fewer samples than features: X^T X singular
+    stats = InputStats((x * x).sum(0), x.T @ x, x.shape[0], float(((x * x).sum(1) ** 2).sum()))
+    gram, shrink = stats.shrunk_gram()
+    assert shrink == pytest.approx(ledoit_wolf_shrinkage(x.numpy(), assume_centered=True), rel=1e-6)
+    assert torch.linalg.matrix_rank(x.T @ x) < 64 and torch.linalg.matrix_rank(gram) == 64
+
+
+def test_the_budget_is_shared_by_relative_error_so_small_inputs_do_not_empty_a_layer():
+    from core.quantize.activation_aware import allocate_ranks, factorize
+
+    torch.manual_seed(0)
+    weight = torch.randn(64, 64)
+    quiet, loud = (factorize(weight, torch.eye(64, dtype=torch.float64) * scale) for scale in (1e-6, 1.0))
+    ranks = allocate_ranks([quiet, loud], 0.3)
+    assert ranks[0] == ranks[1]  # the same matrix: the same rank, however small its inputs
+
+
 def test_wanda_meets_the_sparsity_exactly_and_keeps_big_activations():
     from core.quantize.activation_aware import wanda_mask
 

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 from tests.browser_helpers import open_tab
-
 from ui.quantize_tab import BUILT_IN, OWN_CALIBRATION, UPLOADED_CALIBRATION
 
 
@@ -44,6 +43,19 @@ def test_missing_upload_is_reported(client, tiny_lm_dirs):
     assert "calibration file" in status
 
 
+@pytest.mark.parametrize("content, message", [(b"   \n", "calibration text is empty"),
+                                              (b"\x00\xff\xfe binary", "looks like a binary file")])
+def test_empty_or_binary_calibration_file_is_refused(client, tiny_lm_dirs, tmp_path, content, message):
+    from gradio_client import handle_file
+
+    upload = tmp_path / "calibration.txt"
+    upload.write_bytes(content)
+    *_, status, _variant = client.predict(str(tiny_lm_dirs["gpt2"]), "Language model", ["wanda"], 0.5, 0.2,
+                                          UPLOADED_CALIBRATION, handle_file(str(upload)), BUILT_IN, None, None, 128, 4,
+                                          api_name="/quantize_compare")
+    assert message in status and "Done" not in status, status
+
+
 @pytest.mark.browser
 def test_results_in_the_browser(page, tiny_lm_dirs, screenshot_dir):
     tab = open_tab(page, "quantize")
@@ -66,7 +78,7 @@ def test_results_in_the_browser(page, tiny_lm_dirs, screenshot_dir):
     tab.get_by_role("button", name="Load variant into Chat").click()
     if page.get_by_role("tab", name="💬 Chat").count():  # the whole app: the chat tab opens on the new variant
         page.locator("#tab-chat").get_by_label("Chat model", exact=True).first.wait_for()
-        page.wait_for_function("() => [...document.querySelectorAll('input')].some(i => i.value.includes('[pruned]'))",
+        page.wait_for_function("() => [...document.querySelectorAll('input')].some(i => i.value.includes('[svd-llm]'))",
                                timeout=60_000)
         page.screenshot(path=str(screenshot_dir / "quantize_variant_in_chat.png"))
     else:

@@ -1,8 +1,10 @@
 """Tiny random models built on the spot, so every architecture's code path runs without the hub."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     BertConfig,
@@ -47,33 +49,46 @@ def build_tokenizer(folder: Path, chat: bool) -> PreTrainedTokenizerFast:
     return fast
 
 
+@contextmanager
+def fixed_weights(seed: int = 0):
+    """The same random weights in every run, so a near-tie between two tokens cannot flip a test's greedy reply."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
+
+
 def build_causal_lm(folder: Path, family: str) -> Path:
     """Save a 2-layer random gpt2 / llama / phi / phi3 model and its tokenizer to `folder`."""
     chat = family in ("llama", "phi3")
     tok = build_tokenizer(folder, chat)
     common = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                   pad_token_id=tok.pad_token_id)
-    if family == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=256, **common))
-    elif family == "llama":
-        model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                             hidden_size=64, intermediate_size=128, max_position_embeddings=256, **common))
-    elif family == "phi":
-        # head size 32: ONNX Runtime's rotary kernel needs phi's partial rotary width to be a multiple of 16
-        model = PhiForCausalLM(PhiConfig(num_hidden_layers=2, num_attention_heads=4, hidden_size=128,
-                                         intermediate_size=128, max_position_embeddings=256, **common))
-    elif family == "phi3":
-        model = Phi3ForCausalLM(Phi3Config(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                                           hidden_size=64, intermediate_size=128, max_position_embeddings=256,
-                                           **common))
-    else:
-        raise ValueError(family)
+    with fixed_weights():
+        model = _causal_lm(family, common)
     model.save_pretrained(folder, safe_serialization=True)
     return folder
 
 
-def build_bert(folder: Path, labels: list[str], token_level: bool = False) -> Path:
-    """Save a 2-layer random BERT classifier (sequence or token level) with the MiniLM tokenizer."""
+def _causal_lm(family: str, common: dict):
+    if family == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=256, **common))
+    if family == "llama":
+        return LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                            hidden_size=64, intermediate_size=128, max_position_embeddings=256, **common))
+    if family == "phi":
+        # head size 32: ONNX Runtime's rotary kernel needs phi's partial rotary width to be a multiple of 16
+        return PhiForCausalLM(PhiConfig(num_hidden_layers=2, num_attention_heads=4, hidden_size=128,
+                                        intermediate_size=128, max_position_embeddings=256, **common))
+    if family == "phi3":
+        return Phi3ForCausalLM(Phi3Config(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                          hidden_size=64, intermediate_size=128, max_position_embeddings=256,
+                                          **common))
+    raise ValueError(family)
+
+
+def build_bert(folder: Path, labels: list[str], token_level: bool = False, seed: int = 0) -> Path:
+    """Save a 2-layer random BERT classifier (sequence or token level) with the MiniLM tokenizer; another seed
+    gives another model."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(minilm_folder(None))
@@ -81,6 +96,8 @@ def build_bert(folder: Path, labels: list[str], token_level: bool = False) -> Pa
                         intermediate_size=64, max_position_embeddings=128,
                         id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
     cls = BertForTokenClassification if token_level else BertForSequenceClassification
-    cls(config).save_pretrained(folder, safe_serialization=True)
+    with fixed_weights(seed):
+        model = cls(config)
+    model.save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
     return folder

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from core.bias import counterfactual, crows_pairs, fairness, generation_probe
+from core.bias import before_after, counterfactual, crows_pairs, fairness, generation_probe
 from core.bias.report import ReportSection, write_report
 from core.common.errors import InputError, PlaygroundError, check_number
 from core.common.stopping import RunControl
@@ -16,7 +16,7 @@ from core.models.registry import CAUSAL_LM, OFFLINE_CLASSIFIER, TEXT_CLASSIFICAT
 from core.services import Services
 from ui.components import HEAVY, STOP, model_picker, progress_callback, stop_run
 
-PLOTS = {"counterfactual": 2, "crows_pairs": 2, "generation": 3, "fairness": 2}
+PLOTS = {"counterfactual": 2, "crows_pairs": 2, "generation": 3, "fairness": 2, "before_after": 1}
 
 
 def _notes_markdown(section: ReportSection) -> str:
@@ -56,16 +56,20 @@ class BiasHandlers:
         loaded = self.services.manager.load(model_id, task, precision=precision, progress=progress_callback(progress))
         return loaded.model, loaded.tokenizer
 
+    @staticmethod
+    def _templates(templates_text: str, groups_text: str, axes) -> tuple[list[str], dict[str, list[str]]]:
+        groups = counterfactual.parse_groups(groups_text)
+        groups = {a: t for a, t in groups.items() if a in axes} if axes else groups
+        if not groups:
+            raise InputError("tick at least one axis that is in the group list")
+        return counterfactual.parse_templates(templates_text), groups
+
     @on_gpu  # a ZeroGPU Space lends a GPU for the call; elsewhere a no-op
     def counterfactual(self, control: RunControl, templates_text, groups_text, axes, classifier_id, lm_id,
                        use_classifier, use_lm, label, precision, resamples, seed, sections, progress=gr.Progress()):
         try:
             resamples, seed = check_resampling(resamples, seed)
-            groups = counterfactual.parse_groups(groups_text)
-            groups = {a: t for a, t in groups.items() if a in axes} if axes else groups
-            if not groups:
-                raise InputError("tick at least one axis that is in the group list")
-            templates = counterfactual.parse_templates(templates_text)
+            templates, groups = self._templates(templates_text, groups_text, axes)
             with self._heavy(control, "counterfactual probe", progress) as stop:
                 classifier = self._model(classifier_id, TEXT_CLASSIFICATION, "auto", progress) if use_classifier else None
                 lm = self._model(lm_id, CAUSAL_LM, precision, progress) if use_lm else None
@@ -146,6 +150,37 @@ class BiasHandlers:
                   f"overall accuracy {result.overall['accuracy']:.3f}."
                   + "".join(f"\n\n⚠️ {w}" for w in result.warnings))
         return (*_shown(section, sections, status), result.by_group.round(4))
+
+    @on_gpu
+    def before_after(self, control: RunControl, before_id, after_id, upload, templates_text, groups_text, axes, label,
+                     positive, resamples, seed, sections, progress=gr.Progress()):
+        try:
+            resamples, seed = check_resampling(resamples, seed)
+            if not before_id or not after_id or before_id == after_id:
+                raise InputError("choose two different classifiers: the mitigated model and its unmitigated twin")
+            templates, groups = self._templates(templates_text, groups_text, axes)
+            data = fairness.load_fairness_data(upload)
+            with self._heavy(control, "before / after comparison", progress):
+                before = self._model(before_id, TEXT_CLASSIFICATION, "auto", progress)
+                after = self._model(after_id, TEXT_CLASSIFICATION, "auto", progress)
+                progress(0.3, desc="Probing both models")
+                result = before_after.compare(before, after, templates, groups, data, label, positive, resamples, seed)
+        except PlaygroundError as err:
+            return _failure(str(err), "before_after", sections, 0)
+        settings = {"data": Path(upload).name if upload else "built-in example", "rows": len(data),
+                    "templates": len(templates), "axes": list(groups), "score label": result.label,
+                    "bootstrap resamples": resamples}
+        section = before_after.to_section(result, {"before": before_id, "after": after_id}, settings, data, seed)
+        swaps = result.swaps["after"]
+        status = (f"Same probes on both models: {len(templates)} templates, {len(data):,} labelled texts, of which "
+                  f"{swaps.texts:,} mention a group word ({swaps.pairs:,} swapped copies).")
+        return _shown(section, sections, status)
+
+    def twin(self, after_id: str):
+        """Pre-select the unmitigated twin of a model trained here with "compare" (same data and base)."""
+        path = self.services.manager.resolve(after_id).path if after_id else None
+        twin = before_after.unmitigated_twin(self.services.store, path) if path else None
+        return gr.update(value=twin) if twin else gr.skip()
 
     @staticmethod
     def report(sections: dict):
@@ -236,6 +271,18 @@ def build_tab(shell) -> dict[str, gr.Component]:
                 c["fair_positive"] = gr.Textbox("auto", label="Positive label", info="auto: 1 / pos… / true / yes")
             _probe_outputs(c, "fair", "fairness", "Measure fairness", "Disparities", stoppable=False)
             c["fair_groups"] = gr.Dataframe(label="Per group", wrap=True)
+        with gr.Tab("Before / after"):
+            gr.Markdown("Put a bias-mitigated classifier (Fine-tune → *Counterfactual augmentation* or *Reweigh*) "
+                        "beside its unmitigated twin (tick *Compare* there to train both). Both get the templates and "
+                        "axes of the **Counterfactual templates** tab, swapped copies of the labelled texts, fairness "
+                        "metrics and accuracy, with the same bootstrap.")
+            with gr.Row():
+                c["ba_after"] = model_picker(services, TEXT_CLASSIFICATION, label="After (mitigated)", value=None)
+                c["ba_before"] = model_picker(services, TEXT_CLASSIFICATION, label="Before (unmitigated twin)",
+                                              value=None)
+                c["ba_file"] = gr.File(label="Labelled CSV: text, label, group (optional)",
+                                       file_types=[".csv", ".tsv", ".jsonl"])
+            _probe_outputs(c, "ba", "before_after", "Compare before and after", "Before / after", stoppable=False)
         with gr.Tab("Report"):
             c["report_run"] = gr.Button("Build report", variant="primary")
             c["report_status"] = gr.Markdown("Run probes, then build the report (HTML with embedded charts, and JSON).")
@@ -261,6 +308,12 @@ def build_tab(shell) -> dict[str, gr.Component]:
     c["fair_run"].click(handlers.fairness, [control, c["fair_file"], classifier_id, c["fair_positive"], resamples, seed, sections],
                         [c["fair_status"], c["fair_table"], *c["fair_plots"], c["fair_notes"], sections,
                          c["fair_groups"]], api_name="bias_fairness", **HEAVY)
+    c["ba_after"].change(handlers.twin, c["ba_after"], c["ba_before"], api_visibility="private")
+    c["ba_run"].click(handlers.before_after,
+                      [control, c["ba_before"], c["ba_after"], c["ba_file"], c["cf_templates"], c["cf_groups"],
+                       c["cf_axes"], c["cf_label"], c["fair_positive"], *common],
+                      [c["ba_status"], c["ba_table"], *c["ba_plots"], c["ba_notes"], sections],
+                      api_name="bias_before_after", **HEAVY)
     for name in ("cf_stop", "cp_stop", "gen_stop"):
         c[name].click(lambda control: stop_run(control, "step"), control, c[name.replace("_stop", "_status")],
                       api_name=f"bias_{name}", **STOP)

@@ -212,7 +212,7 @@ class ChatHandlers:
 
     def restore(self, session: ChatSession, path: str | None):
         """Outputs: chatbot, status, token view, version label, system prompt, then the seven settings."""
-        keep = (gr.skip(),) * (4 + len(SETTING_NAMES))
+        keep = (gr.skip(),) * (3 + len(SETTING_NAMES))  # token view, version label, system prompt, settings
         if not path:
             return gr.skip(), "⚠️ Upload a conversation.json exported from this app.", *keep
         try:

@@ -18,11 +18,13 @@ from core.finetune.metrics import ClassificationMetrics, EntityMetrics, Metrics,
 from core.finetune.progress import ProgressSnapshot
 from core.finetune.tasks import HYPERPARAMETER_FIELDS, Hyperparameters, default_hyperparameters
 from core.finetune.training import FineTuneResult, FineTuneSpec, train_job
+from core.models.heads import HEADS
 from core.models.paths import assets_dir
 from core.models.registry import (
     CAUSAL_LM,
     DEFAULT_CHAT_MODEL,
     ENCODER,
+    OFFLINE_CLASSIFIER,
     OFFLINE_ENCODER,
     TEXT_CLASSIFICATION,
     TOKEN_CLASSIFICATION,
@@ -39,6 +41,7 @@ DEFAULT_BASE = {TEXT_CLASSIFICATION: OFFLINE_ENCODER, CAUSAL_LM: DEFAULT_CHAT_MO
 EXAMPLES = {TEXT_CLASSIFICATION: "sentiment_reviews.csv", CAUSAL_LM: "instructions.jsonl",
             TOKEN_CLASSIFICATION: "ner_tiny.txt"}
 PLAIN, PAIRS = "Plain text", "Prompt / response"
+TERM_NAMES = {"kd_loss": "train KL to teacher", "ce_loss": "train cross-entropy"}
 DATA_FIELDS = ["task", "train_file", "text_col", "label_col", "lm_format", "prompt_col", "eval_percent", "eval_file",
                "ood_file"]
 
@@ -77,6 +80,9 @@ def loss_figure(snap: ProgressSnapshot | None) -> go.Figure:
             if points:
                 steps, values = zip(*points)
                 fig.add_scatter(x=steps, y=values, mode="lines+markers", name=name)
+        for term in dict.fromkeys(t for _, t, _ in snap.loss_terms):  # distillation: KL to the teacher, CE to labels
+            steps, values = zip(*[(step, v) for step, t, v in snap.loss_terms if t == term])
+            fig.add_scatter(x=steps, y=values, mode="lines", name=TERM_NAMES.get(term, term), line=dict(width=1))
         if snap.eval_metrics:  # the metric that picks the best weights (e.g. macro F1), on its own axis
             steps, names, values = zip(*snap.eval_metrics)
             fig.add_scatter(x=steps, y=values, mode="lines+markers", name=f"eval {names[0]}", yaxis="y2",
@@ -118,8 +124,24 @@ def result_markdown(result: FineTuneResult) -> str:
              f"- **Validation:** {metrics_lines(result.metrics)}"]
     if result.extra_metrics is not None:
         lines.append(f"- **Out-of-domain:** {metrics_lines(result.extra_metrics)}")
+    lines += [f"- {note}" for note in result.notes]
+    if result.table:
+        lines.append("\n" + facts_table(result.table))
     lines.append(f"\nSaved to `{result.folder}`; pick it as **★ {result.card.name}** in the other tabs' model lists.")
     return "\n".join(lines)
+
+
+def facts_table(rows) -> str:
+    """Teacher vs student, or this run vs its plain twin, as a markdown table."""
+    speedup = rows[-1].speed / rows[0].speed if rows[0].speed else 0
+    out = ["| model | parameters | trained | weights (MB) | speed | " + rows[0].score_name + " | training time |",
+           "|---|---|---|---|---|---|---|"]
+    for f in rows:
+        trained = f"{f.trained_params:,}" if f.trained_params else "–"
+        seconds = "–" if f.train_seconds is None else _duration(f.train_seconds)
+        out.append(f"| {html.escape(f.name)} | {f.params:,} | {trained} | {f.size_mb:.1f} | {f.speed:,.0f} "
+                   f"{f.speed_unit} | {f.score:.3f} | {seconds} |")
+    return "\n".join(out) + f"\n\nSpeed ratio (last row / first row, this machine): **{speedup:.2f}x**."
 
 
 def report_table(result: FineTuneResult) -> pd.DataFrame:
@@ -144,6 +166,12 @@ class FinetuneHandlers:
                 gr.update(visible=cls), gr.update(visible=lm),
                 gr.update(info="stratified by class" if cls else "random rows (sentences for NER)"),
                 *[getattr(hyper, name) for name in HYPERPARAMETER_FIELDS])
+
+    @staticmethod
+    def distil_changed(distil: bool, task: str, model: str):
+        """The base model is the teacher when distilling: a trained classifier, not the bare encoder."""
+        value = OFFLINE_CLASSIFIER if distil and task == TEXT_CLASSIFICATION and model == OFFLINE_ENCODER else model
+        return gr.update(label="Teacher model" if distil else "Base model", value=value)
 
     @staticmethod
     def file_changed(path: str | None):
@@ -287,6 +315,24 @@ def build_tab(shell) -> dict[str, gr.Component]:
             c["lora_dropout"] = gr.Number(hyper.lora_dropout, label="LoRA dropout")
             c["lora_targets"] = gr.Textbox(hyper.lora_targets, label="LoRA target modules",
                                            placeholder="default for the architecture, e.g. q_proj,v_proj")
+    with gr.Accordion("Distil a smaller model · mitigate bias · custom head", open=False):
+        gr.Markdown("**Distil**: the base model becomes the *teacher*; a student keeping fewer of its layers learns "
+                    "from its softened outputs and the labels. **Mitigate** (classification): add gender-, race-, "
+                    "religion-, nationality-, age- and disability-swapped copies of the training texts, or reweigh "
+                    "by a `group` column. **Head** (classification): how the text becomes one vector. "
+                    "**Compare** trains the plain twin (standard head, no mitigation) on the same data and seed.")
+        with gr.Row():
+            c["distil"] = gr.Checkbox(hyper.distil, label="Distil into a smaller student")
+            c["student_layers"] = gr.Number(hyper.student_layers, label="Student layers (0 = half)", precision=0)
+            c["distil_alpha"] = gr.Slider(0, 1, value=hyper.distil_alpha, step=0.05,
+                                          label="Weight of the teacher (KL); labels get the rest")
+            c["distil_temperature"] = gr.Number(hyper.distil_temperature, label="Temperature")
+        with gr.Row():
+            c["augment"] = gr.Checkbox(hyper.augment, label="Counterfactual augmentation")
+            c["reweigh"] = gr.Checkbox(hyper.reweigh, label="Reweigh by the 'group' column")
+            c["head"] = gr.Dropdown(list(HEADS), value=hyper.head, label="Classification head")
+            c["freeze_encoder"] = gr.Checkbox(hyper.freeze_encoder, label="Freeze the encoder (train the head only)")
+            c["compare"] = gr.Checkbox(hyper.compare, label="Compare with the plain twin")
     with gr.Row():
         c["name"] = gr.Textbox(label="Save as", placeholder="name in the model store (default: base model + task)")
         c["train"] = gr.Button("Train", variant="primary")
@@ -326,6 +372,7 @@ def build_tab(shell) -> dict[str, gr.Component]:
     c["train"].click(h.train, inputs_kwargs={"user_id": c["user"], "base_model": c["model"], "name": c["name"],
                                              **data_inputs, **{f: c[f] for f in HYPERPARAMETER_FIELDS}},
                      outputs=[c["user"], c["message"]], api_name="finetune_train")
+    c["distil"].change(h.distil_changed, [c["distil"], c["task"], c["model"]], c["model"], api_visibility="private")
     c["stop"].click(h.stop, c["user"], c["message"], api_name="finetune_stop")
     c["timer"].tick(h.poll, [c["user"], shown_version, shown_state],
                     [c["status"], c["curves"], c["results"], c["report"], c["confusion"], c["model"], shown_version,

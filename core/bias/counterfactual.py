@@ -141,8 +141,10 @@ def summarize(variants: pd.DataFrame, score_label: str | None, resamples: int = 
                 _gap_interval(matrix, resamples, seed)
             axis_row[f"{prefix}_highest"], axis_row[f"{prefix}_lowest"] = means.idxmax(), means.idxmin()
         if "score" in variants:
-            labels = _axis_matrix(variants, axis, "predicted")
-            axis_row["flip_share"] = float((labels.nunique(axis=1) > 1).mean())
+            flips = bootstrap_mean((_axis_matrix(variants, axis, "predicted").nunique(axis=1) > 1).to_numpy(float),
+                                   resamples, seed)
+            axis_row["flip_share"], axis_row["flip_share_low"], axis_row["flip_share_high"] = \
+                flips.estimate, flips.low, flips.high
         axis_rows.append(axis_row)
     return CounterfactualResult(variants, pd.DataFrame(group_rows), pd.DataFrame(axis_rows), score_label)
 

@@ -27,16 +27,21 @@ class LabeledTexts:
 
     texts: list[str]
     labels: list[str]
+    groups: list[str] | None = None  # a `group` column, when the data has one (for reweighing)
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def subset(self, rows) -> LabeledTexts:
-        return LabeledTexts([self.texts[i] for i in rows], [self.labels[i] for i in rows])
+        return LabeledTexts([self.texts[i] for i in rows], [self.labels[i] for i in rows],
+                            None if self.groups is None else [self.groups[i] for i in rows])
 
     @property
     def classes(self) -> list[str]:
         return sorted(set(self.labels))
+
+    def renamed(self, names: dict[str, str]) -> LabeledTexts:
+        return LabeledTexts(self.texts, [names.get(label, label) for label in self.labels], self.groups)
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,7 @@ class ColumnMapping:
     text: str = "text"
     label: str = "label"
     prompt: str | None = None
+    group: str = "group"  # read when present (reweighing needs it)
 
 
 @dataclass
@@ -154,7 +160,8 @@ def read_labeled(path: str | Path, mapping: ColumnMapping, max_bytes: int = MAX_
     name = Path(path).name
     frame = read_table(path, max_bytes)
     require_columns(frame, [mapping.text, mapping.label], name)
-    data = LabeledTexts(_require_filled(frame, mapping.text, name), _require_filled(frame, mapping.label, name))
+    groups = _require_filled(frame, mapping.group, name) if mapping.group in frame.columns else None
+    data = LabeledTexts(_require_filled(frame, mapping.text, name), _require_filled(frame, mapping.label, name), groups)
     if len(data.classes) < min_classes:
         raise UploadError(f"{name}: column '{mapping.label}' has only {len(data.classes)} class "
                           f"({', '.join(data.classes)}); a classifier needs at least two.")

@@ -10,6 +10,8 @@ from transformers import TrainerCallback
 
 from core.common.stopping import StopFlag
 
+LOSS_TERMS = ("kd_loss", "ce_loss")  # what core.finetune.distil logs beside the loss
+
 
 @dataclass(frozen=True)
 class ProgressSnapshot:
@@ -20,6 +22,7 @@ class ProgressSnapshot:
     train_loss: tuple[tuple[int, float], ...]  # (step, loss)
     eval_loss: tuple[tuple[int, float], ...]
     eval_metrics: tuple[tuple[int, str, float], ...]  # (step, metric, value) of the metric that picks the best model
+    loss_terms: tuple[tuple[int, str, float], ...]  # (step, term, value): the parts of a distillation loss
     version: int  # changes whenever anything above does, so a poller can skip redraws
 
     @property
@@ -44,6 +47,7 @@ class TrainingProgress:
         self._train: list[tuple[int, float]] = []
         self._eval: list[tuple[int, float]] = []
         self._metrics: list[tuple[int, str, float]] = []
+        self._terms: list[tuple[int, str, float]] = []
         self._version = 0
 
     def _touch(self) -> None:
@@ -74,6 +78,7 @@ class TrainingProgress:
         with self._lock:
             if "loss" in logs:
                 self._train.append((step, float(logs["loss"])))
+            self._terms.extend((step, term, float(logs[term])) for term in LOSS_TERMS if term in logs)
             if "eval_loss" in logs:
                 self._eval.append((step, float(logs["eval_loss"])))
             key = f"eval_{best_metric}" if best_metric else None
@@ -85,7 +90,7 @@ class TrainingProgress:
         with self._lock:
             elapsed = (self._end or time.perf_counter()) - self._start if self._start else 0.0
             return ProgressSnapshot(self._phase, self._step, self._total, elapsed, tuple(self._train), tuple(self._eval),
-                                    tuple(self._metrics), self._version)
+                                    tuple(self._metrics), tuple(self._terms), self._version)
 
 
 class LiveCallback(TrainerCallback):

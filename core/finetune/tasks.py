@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from core.common.errors import InputError, check_number
-from core.finetune.data import Examples, LabeledTexts, LmTexts, TaggedSentences
+from core.finetune.data import DataSplit, Examples, LabeledTexts, LmTexts, TaggedSentences
 from core.finetune.metrics import Metrics, PerplexityMetrics, classification_metrics, entity_metrics
+from core.models.heads import HEADS, STANDARD, PooledClassifier, has_custom_head
 from core.models.registry import CAUSAL_LM, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION
 
 IGNORE = -100  # label id the loss skips (prompt tokens, padding, non-first sub-words)
@@ -36,6 +37,15 @@ class Hyperparameters:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_targets: str = ""  # comma-separated module names; empty: the architecture's usual attention projections
+    head: str = STANDARD  # classification head (core.models.heads.HEADS)
+    freeze_encoder: bool = False  # train the classification head only
+    compare: bool = False  # also train the plain twin (standard head, no mitigation) on the same data and seed
+    distil: bool = False  # train a smaller student of the base model (the teacher) instead of the model itself
+    student_layers: int = 0  # transformer layers the student keeps; 0: half of the teacher's
+    distil_alpha: float = 0.5  # weight of the teacher's soft targets (KL); the labels' cross-entropy gets the rest
+    distil_temperature: float = 2.0  # softens both distributions in the KL term
+    augment: bool = False  # counterfactual data augmentation (classification): swapped copies of group words
+    reweigh: bool = False  # Kamiran-Calders weights per (group, label) (classification, needs a group column)
 
     @classmethod
     def from_form(cls, values: Mapping[str, Any]) -> Hyperparameters:
@@ -44,8 +54,12 @@ class Hyperparameters:
         for name, (label, low, high, integer) in HYPER_RANGES.items():
             if name in known:
                 known[name] = check_number(label, known[name], low, high, integer)
-        known["lora"] = bool(known.get("lora", cls.lora))
+        for flag in BOOLEAN_FIELDS:
+            known[flag] = bool(known.get(flag, getattr(cls, flag)))
         known["lora_targets"] = str(known.get("lora_targets") or "")
+        known["head"] = str(known.get("head") or STANDARD)
+        if known["head"] not in HEADS:
+            raise InputError(f"Unknown classification head '{known['head']}'; choose one of {', '.join(HEADS)}.")
         return cls(**known)
 
 
@@ -57,7 +71,10 @@ HYPER_RANGES = {
     "seed": ("Seed", 0, 2**32 - 1, True), "patience": ("Early-stopping patience", 0, 1000, True),
     "evals_per_epoch": ("Evaluations per epoch", 1, 100, True), "lora_r": ("LoRA r", 1, 1024, True),
     "lora_alpha": ("LoRA alpha", 1, 4096, True), "lora_dropout": ("LoRA dropout", 0, 0.9, False),
+    "student_layers": ("Student layers", 0, 256, True), "distil_alpha": ("Distillation weight", 0, 1, False),
+    "distil_temperature": ("Distillation temperature", 0.5, 20, False),
 }
+BOOLEAN_FIELDS = ("lora", "freeze_encoder", "compare", "distil", "augment", "reweigh")
 HYPERPARAMETER_FIELDS = [f.name for f in fields(Hyperparameters)]
 
 
@@ -86,6 +103,27 @@ def _load_kwargs() -> dict[str, Any]:
 def _label_maps(labels: list[str]) -> dict[str, Any]:
     return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
             "label2id": {l: i for i, l in enumerate(labels)}, "ignore_mismatched_sizes": True}
+
+
+def base_label_names(path: str) -> list[str] | None:
+    """A classifier's label names in id order; None for a model without named labels (LABEL_0, ...)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    names = [str(config.id2label[i]) for i in range(len(config.id2label or {}))]
+    return None if not names or all(n == f"LABEL_{i}" for i, n in enumerate(names)) else names
+
+
+def matching_labels(names: list[str] | None, classes: list[str], numeric: bool) -> dict[str, str] | None:
+    """data label -> base label name: the same names up to case, or (`numeric`) ids 0..n-1 read as positions."""
+    if not names:
+        return None
+    by_lower = {n.lower(): n for n in names}
+    if all(c.lower() in by_lower for c in classes):
+        return {c: by_lower[c.lower()] for c in classes}
+    if numeric and all(c.isdigit() and int(c) < len(names) for c in classes):
+        return {c: names[int(c)] for c in classes}
+    return None
 
 
 def predict_in_order(trainer, rows: list[dict]):
@@ -119,6 +157,11 @@ class FineTuneTask(ABC):
     def before_training(self, model, tokenizer, sets: dict[str, Examples], max_length: int) -> None:
         """Measure whatever the result compares against the untrained model."""
 
+    def align(self, path: str, data: DataSplit, required: bool) -> DataSplit:
+        """The data with its labels named as the base model names them, where they correspond (a distillation
+        teacher must already classify the data's labels: `required`)."""
+        return data
+
     @abstractmethod
     def evaluate(self, trainer, tokenizer, examples: Examples, encoded: list[dict], which: str, max_length: int) -> Metrics:
         ...
@@ -128,11 +171,33 @@ class ClassificationTask(FineTuneTask):
     registry_task, peft_task = TEXT_CLASSIFICATION, "SEQ_CLS"
     best_metric, greater_is_better = "f1", True
 
-    def load(self, path: str, train: LabeledTexts):
-        from transformers import AutoModelForSequenceClassification
+    head = STANDARD  # set per run from the hyperparameters
+    base_labels: list[str] | None = None  # the base model's labels in its own order, when the data uses them
 
-        self.labels = train.classes
+    def align(self, path: str, data: DataSplit, required: bool) -> DataSplit:
+        names = base_label_names(path)
+        renames = matching_labels(names, data.train.classes, numeric=required)
+        if renames is None:
+            if required:
+                raise InputError(f"The teacher classifies {', '.join(names or ['no named labels'])}; the data's labels "
+                                 f"are {', '.join(data.train.classes)}. Distil a classifier trained for these labels "
+                                 "(fine-tune one first), or name the labels as the teacher does.")
+            return data
+        self.base_labels = names
+        return DataSplit(*(part.renamed(renames) if part is not None else None
+                           for part in (data.train, data.eval, data.extra_eval)))
+
+    def load(self, path: str, train: LabeledTexts):
+        from transformers import AutoModel, AutoModelForSequenceClassification
+
+        # the base model's own label order keeps its trained head meaningful (the student starts from it)
+        self.labels = self.base_labels or train.classes
         tokenizer = _tokenizer(path)
+        if has_custom_head(path):
+            return PooledClassifier.from_folder(path, **_load_kwargs()).train(), tokenizer
+        if self.head != STANDARD:
+            encoder = AutoModel.from_pretrained(path, **_load_kwargs())
+            return PooledClassifier(encoder, self.head, dict(enumerate(self.labels))), tokenizer
         model = AutoModelForSequenceClassification.from_pretrained(path, **_label_maps(self.labels), **_load_kwargs())
         model.config.pad_token_id = tokenizer.pad_token_id  # decoders classify from the last non-pad token
         return model, tokenizer

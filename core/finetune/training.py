@@ -8,15 +8,24 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from core.common.errors import InputError
 from core.common.stopping import StopFlag
-from core.finetune.data import DataSplit
+from core.finetune.data import DataSplit, Examples
 from core.finetune.metrics import Metrics
 from core.finetune.progress import BestWeightsCallback, LiveCallback, TrainingProgress
-from core.finetune.tasks import ClassificationTask, FineTuneTask, Hyperparameters, make_task
+from core.finetune.tasks import (
+    CausalLmTask,
+    ClassificationTask,
+    FineTuneTask,
+    Hyperparameters,
+    TokenClassificationTask,
+    make_task,
+)
+from core.models.heads import STANDARD
+from core.models.registry import TEXT_CLASSIFICATION
 from core.models.store import ModelCard, ModelStore
 
 # Architectures whose usual LoRA targets peft does not list.
@@ -34,6 +43,37 @@ class FineTuneSpec:
     def store_name(self) -> str:
         return self.name.strip() or f"{Path(self.base_model).name}-{self.task}"
 
+    def twin(self) -> FineTuneSpec:
+        """The plain run to compare with: the standard head, no mitigation, no comparison of its own; a student
+        trained on the labels alone (no teacher term) when distilling."""
+        plain = replace(self.hyper, head=STANDARD, freeze_encoder=False, augment=False, reweigh=False, compare=False,
+                        distil_alpha=0.0)
+        return replace(self, hyper=plain, name=f"{self.store_name()}-plain")
+
+    def describe(self) -> str:
+        """What sets this run apart, in a few words (a row name in comparison tables)."""
+        h = self.hyper
+        parts = [h.head + (", frozen encoder" if h.freeze_encoder else "")] if self.task == TEXT_CLASSIFICATION else []
+        if h.distil:
+            parts.append(f"student, teacher weight {h.distil_alpha:g}" if h.distil_alpha else "student, labels only")
+        parts += ["augmented"] * h.augment + ["reweighed"] * h.reweigh
+        return ", ".join(parts) or "plain"
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """One row of a comparison table: a model's size, speed and score on the validation data."""
+
+    name: str
+    params: int
+    trained_params: int
+    size_mb: float
+    speed: float
+    speed_unit: str  # "texts/s" or "tokens/s"
+    score_name: str
+    score: float
+    train_seconds: float | None = None
+
 
 @dataclass(frozen=True)
 class FineTuneResult:
@@ -49,6 +89,9 @@ class FineTuneResult:
     early_stopped: bool  # patience ran out
     best_step: int | None  # step whose weights were kept (None: the last)
     card: ModelCard
+    notes: tuple[str, ...] = ()  # what the run did to the data or the model (augmentation, student layers...)
+    table: tuple[ModelFacts, ...] = ()  # teacher vs student, or this run vs its plain twin
+    terms: tuple[str, ...] = ()  # extra loss curves logged (distillation: kd_loss, ce_loss)
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -114,26 +157,99 @@ def save_to_store(store: ModelStore, spec: FineTuneSpec, task: FineTuneTask, mod
 
 def run_finetune(spec: FineTuneSpec, store: ModelStore, progress: TrainingProgress | None = None,
                  stop: StopFlag | None = None, base_path: str | None = None) -> FineTuneResult:
-    """Train, evaluate (validation and out-of-domain) and save to the store.
+    """Train, evaluate (validation and out-of-domain) and save to the store; with `compare`, the plain twin too.
 
     `base_path` is the folder or hub id to load (ModelManager.resolve(...).path; default: the spec's base model),
     so training always starts from a fresh copy and never touches a model other tabs are using.
     """
-    from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, set_seed
-
     progress = progress or TrainingProgress()
     stop = stop or StopFlag()
-    hyper, data = spec.hyper, spec.data
+    result = _run(spec, store, progress, stop, base_path)
+    if not spec.hyper.compare or stop.stopped:
+        return result
+    progress.set_phase("Training the plain twin to compare with (standard head, no mitigation)")
+    twin = _run(spec.twin(), store, TrainingProgress(), stop, base_path)
+    return replace(result, table=(*result.table[:-1], _facts(result, "this run"), _facts(twin, "plain twin")))
+
+
+def _facts(result: FineTuneResult, which: str) -> ModelFacts:
+    return replace(result.table[-1], name=f"{which}: {result.spec.describe()}")
+
+
+def check_options(hyper: Hyperparameters, task: FineTuneTask) -> None:
+    """Refuse combinations that cannot train as asked, before anything loads."""
+    classifying = isinstance(task, ClassificationTask)
+    if (hyper.augment or hyper.reweigh) and not classifying:
+        raise InputError("Counterfactual augmentation and reweighing are for text classification.")
+    if (hyper.head != STANDARD or hyper.freeze_encoder) and not classifying:
+        raise InputError("Classification heads and a frozen encoder are for text classification.")
+    if hyper.distil and hyper.lora:
+        raise InputError("Distillation trains the whole student: turn LoRA off.")
+    if hyper.distil and hyper.head != STANDARD:
+        raise InputError("The student keeps its teacher's head: choose the standard head to distil.")
+    if hyper.lora and hyper.head != STANDARD:
+        raise InputError("LoRA trains the standard head only: turn LoRA off for a custom head (or freeze the encoder).")
+    if hyper.distil and isinstance(task, TokenClassificationTask):
+        raise InputError("Distillation is for text classifiers and language models.")
+
+
+def _prepare_training(data: DataSplit, hyper: Hyperparameters) -> tuple[Examples, list[float] | None, list[str]]:
+    """The training examples after mitigation, their weights, and notes saying what was done."""
+    from core.finetune.mitigation import augment, reweighing
+
+    train, notes, weights = data.train, [], None
+    if hyper.augment:
+        augmented = augment(train)
+        train = augmented.data
+        notes.append(augmented.message)
+    if hyper.reweigh:
+        weights = reweighing(train)
+        notes.append(f"Reweighing by group: weights from {min(weights):.2f} to {max(weights):.2f}.")
+    return train, weights, notes
+
+
+def _student(teacher, hyper: Hyperparameters, notes: list[str]):
+    from core.finetune.distil import make_student
+
+    teacher_layers = teacher.config.num_hidden_layers
+    student = make_student(teacher, hyper.student_layers or max(1, teacher_layers // 2))
+    notes.append(f"Student: {student.config.num_hidden_layers} of the teacher's {teacher_layers} layers, each "
+                 f"initialised from the teacher's; loss = {hyper.distil_alpha:g} x KL (T = "
+                 f"{hyper.distil_temperature:g}) + {1 - hyper.distil_alpha:g} x cross-entropy.")
+    return student
+
+
+def _run(spec: FineTuneSpec, store: ModelStore, progress: TrainingProgress, stop: StopFlag,
+         base_path: str | None) -> FineTuneResult:
+    from transformers import EarlyStoppingCallback, PrinterCallback, set_seed
+
+    from core.finetune.distil import PlaygroundTrainer, with_weights
+    from core.models.heads import freeze_encoder
+
+    hyper, path = spec.hyper, base_path or spec.base_model
     task = make_task(spec.task)
+    task.head = hyper.head
+    check_options(hyper, task)
+    data = task.align(path, spec.data, required=hyper.distil)
+    train, weights, notes = _prepare_training(data, hyper)
     set_seed(hyper.seed)
     progress.set_phase(f"Loading {spec.base_model}")
-    model, tokenizer = task.load(base_path or spec.base_model, data.train)
+    model, tokenizer = task.load(path, train)
     sets = {"eval": data.eval} | ({"extra": data.extra_eval} if data.extra_eval is not None else {})
     progress.set_phase("Tokenizing")
     encoded = {which: task.encode(tokenizer, ex, hyper.max_length) for which, ex in sets.items()}
-    train_rows = task.encode(tokenizer, data.train, hyper.max_length)
+    train_rows = task.encode(tokenizer, train, hyper.max_length)
+    for row, weight in zip(train_rows, weights or []):
+        row["weight"] = weight
     progress.set_phase("Scoring the untrained model")
     task.before_training(model, tokenizer, sets, hyper.max_length)
+    teacher = teacher_facts = None
+    if hyper.distil:
+        teacher, model = model, _student(model, hyper, notes)
+        progress.set_phase("Measuring the teacher")
+        teacher_facts = measure(teacher, tokenizer, task, sets["eval"], encoded["eval"], hyper, "teacher")
+    if hyper.freeze_encoder:
+        freeze_encoder(model)
     if hyper.lora:
         model = apply_lora(model, hyper, task)
     trainable, total = count_parameters(model)
@@ -143,10 +259,12 @@ def run_finetune(spec: FineTuneSpec, store: ModelStore, progress: TrainingProgre
     if early:
         callbacks.append(early)
     with tempfile.TemporaryDirectory(prefix="finetune-") as out_dir:
-        trainer = Trainer(model=model, args=training_arguments(hyper, task, len(train_rows), out_dir),
-                          train_dataset=train_rows, eval_dataset=encoded["eval"], processing_class=tokenizer,
-                          data_collator=task.collator(tokenizer), compute_metrics=task.compute_metrics(),
-                          callbacks=callbacks)
+        trainer = PlaygroundTrainer(model=model, args=training_arguments(hyper, task, len(train_rows), out_dir),
+                                    train_dataset=train_rows, eval_dataset=encoded["eval"], processing_class=tokenizer,
+                                    data_collator=with_weights(task.collator(tokenizer)),
+                                    compute_metrics=task.compute_metrics(), callbacks=callbacks,
+                                    teacher=teacher if hyper.distil_alpha > 0 else None,
+                                    alpha=hyper.distil_alpha, temperature=hyper.distil_temperature)
         trainer.remove_callback(PrinterCallback)  # progress goes to TrainingProgress, not to the server's stdout
         start = time.perf_counter()
         trainer.train()
@@ -159,16 +277,63 @@ def run_finetune(spec: FineTuneSpec, store: ModelStore, progress: TrainingProgre
     if hyper.lora:  # fold the adapter into the weights so every tab loads it as a plain model
         model = trainer.model.merge_and_unload()
     progress.set_phase("Saving to the model store")
-    notes = f"{stop.reason}; " if stop.stopped else "early stopping; " if early_stopped else ""
+    ending = f"{stop.reason}; " if stop.stopped else "early stopping; " if early_stopped else ""
     folder, card = save_to_store(store, spec, task, model, tokenizer, metrics,
                                  {"trainable_params": trainable, "total_params": total, "steps": steps},
-                                 f"{notes}kept the weights of step {best.best_step or steps}")
+                                 f"{ending}kept the weights of step {best.best_step or steps}" +
+                                 "".join(f"; {n}" for n in notes))
     if isinstance(task, ClassificationTask):
         progress.set_phase("Measuring the out-of-distribution flag's statistics")
         ood_statistics(model, tokenizer, data, task).save(folder)
+    facts = measure(model, tokenizer, task, sets["eval"], encoded["eval"], hyper, "student" if teacher else "model",
+                    metrics["eval"], trainable, seconds)
     progress.set_phase("Done")
     return FineTuneResult(spec, folder, metrics["eval"], metrics.get("extra"), trainable, total, steps,
-                          seconds, stop.reason if stop.stopped else "", early_stopped, best.best_step, card)
+                          seconds, stop.reason if stop.stopped else "", early_stopped, best.best_step, card,
+                          tuple(notes), tuple(f for f in (teacher_facts, facts) if f),
+                          ("kd_loss", "ce_loss") if teacher else ())
+
+
+def measure(model, tokenizer, task: FineTuneTask, examples: Examples, encoded: list[dict], hyper: Hyperparameters,
+            name: str, metrics: Metrics | None = None, trained_params: int = 0,
+            train_seconds: float | None = None) -> ModelFacts:
+    """Size, speed on the validation texts (texts/s, or tokens/s for language models) and the validation score."""
+    import torch
+    from transformers import Trainer
+
+    params = sum(p.numel() for p in model.parameters())
+    size = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    rows = encoded[:256]
+    collate = task.collator(tokenizer)
+    model.eval()
+    device = next(model.parameters()).device
+    batches = [{k: v.to(device) for k, v in collate(rows[i:i + 32]).items() if k != "labels"}
+               for i in range(0, len(rows), 32)]
+    with torch.no_grad():
+        model(**batches[0])  # warm-up: first-call allocations would be charged to whichever model goes first
+        start = time.perf_counter()
+        for batch in batches:
+            model(**batch)
+        seconds = max(time.perf_counter() - start, 1e-9)
+    lm = isinstance(task, CausalLmTask)
+    speed = sum(len(r["input_ids"]) for r in rows) / seconds if lm else len(rows) / seconds
+    if metrics is None:  # a model that was not trained here (the teacher): score it the same way
+        with tempfile.TemporaryDirectory(prefix="finetune-score-") as out_dir:
+            scorer = Trainer(model=model, args=training_arguments(hyper, task, len(encoded), out_dir),
+                             eval_dataset=encoded, data_collator=collate, processing_class=tokenizer)
+            metrics = task.evaluate(scorer, tokenizer, examples, encoded, "eval", hyper.max_length)
+    score_name, score = score_of(metrics)
+    return ModelFacts(name, params, trained_params, size, speed, "tokens/s" if lm else "texts/s", score_name, score,
+                      train_seconds)
+
+
+def score_of(metrics: Metrics) -> tuple[str, float]:
+    summary = metrics.summary()
+    for key in ("accuracy", "entity_f1", "perplexity_after"):
+        if key in summary:
+            return key.replace("_after", ""), summary[key]
+    key = next(iter(summary))
+    return key, summary[key]
 
 
 def ood_statistics(model, tokenizer, data: DataSplit, task: FineTuneTask, limit: int = 2000):

@@ -74,6 +74,15 @@ def _auto_class(task: str):
     }[task]
 
 
+def load_weights(task: str, path: str, kwargs: dict):
+    """The model at `path` for `task`; classifiers fine-tuned here with a custom head load through our own class."""
+    from core.models.heads import PooledClassifier, has_custom_head
+
+    if task == TEXT_CLASSIFICATION and has_custom_head(path):
+        return PooledClassifier.from_folder(path, **{k: v for k, v in kwargs.items() if k != "trust_remote_code"})
+    return _auto_class(task).from_pretrained(path, **kwargs)
+
+
 def model_nbytes(model: torch.nn.Module) -> int:
     """Bytes held by weights and buffers, counting the packed weights of dynamic-quantized layers."""
     total = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
@@ -169,7 +178,7 @@ class ModelManager:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
-            model = _auto_class(task).from_pretrained(resolved.path, **kwargs)
+            model = load_weights(task, resolved.path, kwargs)
         except Exception as err:  # hub, file and config errors all become one readable message
             raise ModelLoadError(self._explain_failure(model_id, resolved, err)) from err
         model.eval()

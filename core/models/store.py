@@ -31,7 +31,10 @@ class StoredModel:
 
     @property
     def choice(self) -> tuple[str, str]:
-        return (f"★ {self.card.name} (fine-tuned from {self.card.base_model})", str(self.path))
+        # The base's last name only: a picker selects the first label containing what was typed, so a label
+        # holding a whole folder path or hub id would capture a user typing that path or id.
+        base = self.card.base_model.rstrip("/").rsplit("/", 1)[-1]
+        return (f"★ {self.card.name} (fine-tuned from {base})", str(self.path))
 
 
 class ModelStore:

@@ -8,7 +8,10 @@ Both read a calibration text through the model once and keep, per linear layer, 
   so truncating the smallest singular values removes the least of the layer's *output* (||(W - W')X||), then
   undoes the whitening: W' = U_r S_r V_r^T L^{-1}.
 Low-rank ranks are chosen per layer from one overall budget ("cut 20 % of the linear parameters"): singular
-components are dropped cheapest first (least error per parameter saved), across all layers together.
+components are dropped cheapest first (least *relative* output error per parameter saved, so layers whose inputs
+are small are not emptied first), across all layers together. X^T X is shrunk towards the identity (Ledoit-Wolf):
+a calibration text of a few thousand tokens cannot estimate it for 1,536 input features. Both choices were made on
+held-out calibration text (uniform ranks, absolute error and the raw X^T X did worse there).
 Activations come from the dense model in one pass (Wanda's paper re-runs each pruned block; we measure both
 rows against magnitude pruning and plain SVD, which is what the comparison needs).
 """
@@ -33,6 +36,21 @@ class InputStats:
     sumsq: torch.Tensor  # (in,) sum over tokens of x_j^2, for Wanda
     gram: torch.Tensor | None  # (in, in) X^T X, for whitening
     tokens: int = 0
+    fourth: float = 0.0  # sum over tokens of ||x||^4, for the Ledoit-Wolf shrinkage of X^T X
+
+    def shrunk_gram(self) -> tuple[torch.Tensor, float]:
+        """X^T X shrunk towards a multiple of the identity by the Ledoit-Wolf coefficient (as sklearn's
+        ledoit_wolf_shrinkage with assume_centered=True), and the coefficient. With fewer calibration tokens than
+        input features X^T X is singular: whitening by it alone fits the calibration text, not the language."""
+        n, d = self.tokens, self.gram.shape[0]
+        cov = self.gram / n
+        mu = cov.trace() / d
+        frobenius = (cov * cov).sum()
+        delta = (frobenius - 2 * mu * cov.trace() + d * mu * mu) / d
+        beta = min(float((self.fourth / n - frobenius) / (d * n)), float(delta))
+        shrink = beta / float(delta) if beta > 0 else 0.0
+        eye = torch.eye(d, dtype=cov.dtype)
+        return n * ((1 - shrink) * cov + shrink * mu * eye), shrink
 
 
 def collect_stats(model: nn.Module, layers: list[nn.Linear], ids: torch.Tensor, gram: bool) -> dict[nn.Linear, InputStats]:
@@ -46,9 +64,11 @@ def collect_stats(model: nn.Module, layers: list[nn.Linear], ids: torch.Tensor, 
     def hook(layer, inputs):
         x = inputs[0].detach().reshape(-1, layer.in_features).double()
         entry = stats[layer]
-        entry.sumsq += (x * x).sum(0)
+        squares = x * x
+        entry.sumsq += squares.sum(0)
         if entry.gram is not None:
             entry.gram += x.T @ x
+            entry.fourth += float((squares.sum(1) ** 2).sum())
         entry.tokens += x.shape[0]
 
     handles = [layer.register_forward_pre_hook(hook) for layer in layers]
@@ -114,7 +134,7 @@ class Factors:
 
 
 def factorize(weight: torch.Tensor, gram: torch.Tensor | None) -> Factors:
-    """SVD of W (plain) or of W L with L L^T = X^T X (whitened); vh comes back un-whitened."""
+    """SVD of W (plain) or of W L with L L^T = `gram` (whitened); vh comes back un-whitened."""
     w = weight.detach().double()
     if gram is None:
         u, s, vh = torch.linalg.svd(w, full_matrices=False)
@@ -130,14 +150,17 @@ def factorize(weight: torch.Tensor, gram: torch.Tensor | None) -> Factors:
 def allocate_ranks(factors: list[Factors], cut: float) -> list[int | None]:
     """Per layer, the rank to keep (None: stays dense) so that at least `cut` of the layers' parameters go.
 
-    Singular components are dropped from all layers together, cheapest first: the smallest s_i^2 per parameter
-    that dropping it saves (in + out). A layer is factored once its rank is low enough to save parameters.
+    Singular components are dropped from all layers together, cheapest first: the smallest share of its layer's
+    energy (s_i^2 / sum s^2) per parameter that dropping it saves (in + out). A layer is factored once its rank is
+    low enough to save parameters.
     """
     total = sum(f.dense_params for f in factors)
     target = total * (1 - cut)
     ranks = [len(f.s) for f in factors]
     kept = total
-    queue = [((f.s[-1] ** 2).item() / (f.in_features + f.out_features), i) for i, f in enumerate(factors)]
+    costs = [(f.s ** 2 / (f.s ** 2).sum().clamp_min(1e-30) / (f.in_features + f.out_features)).tolist()
+             for f in factors]
+    queue = [(cost[-1], i) for i, cost in enumerate(costs)]
     heapq.heapify(queue)
     while kept > target and queue:
         _, i = heapq.heappop(queue)
@@ -146,7 +169,7 @@ def allocate_ranks(factors: list[Factors], cut: float) -> list[int | None]:
         ranks[i] -= 1
         kept += f.params(ranks[i]) - before
         if ranks[i] > 0:
-            heapq.heappush(queue, ((f.s[ranks[i] - 1] ** 2).item() / (f.in_features + f.out_features), i))
+            heapq.heappush(queue, (costs[i][ranks[i] - 1], i))
     if kept > target:
         raise InputError(f"A cut of {cut:.0%} would remove every parameter of the linear layers; choose less.")
     return [r if f.params(r) < f.dense_params else None for r, f in zip(ranks, factors)]
@@ -169,7 +192,7 @@ class FactoredLinear(nn.Sequential):
 def low_rank(model_layers: list[tuple[nn.Module, str, nn.Linear]], cut: float,
              stats: dict[nn.Linear, InputStats] | None) -> tuple[int, int]:
     """Factor the layers in place under the budget (whitened when `stats` are given); (params before, after)."""
-    factors = [factorize(layer.weight, stats[layer].gram if stats else None) for _, _, layer in model_layers]
+    factors = [factorize(layer.weight, stats[layer].shrunk_gram()[0] if stats else None) for _, _, layer in model_layers]
     ranks = allocate_ranks(factors, cut)
     before = sum(f.dense_params for f in factors)
     after = 0
