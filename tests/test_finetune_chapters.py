@@ -199,3 +199,18 @@ def test_before_after_compares_a_mitigated_model_with_its_twin(reviews, tiny_cla
     assert set(table["better"]) <= {"yes", "no", "same"} and table["before"].str.contains(r"\[").all()
     section = to_section(compared, {"before": twin_folder, "after": str(result.folder)}, {}, data, 0)
     assert section.probe == "before_after" and len(section.figures) == 1
+
+
+def test_the_packaged_teacher_says_when_it_trained_on_the_validation_texts():
+    from core.classify.default_classifier import TrainSettings, read_reviews, split_held_out
+    from core.finetune.training import teacher_overlap_note
+    from core.models.registry import OFFLINE_CLASSIFIER
+
+    settings = TrainSettings()
+    trained, _, held_out = split_held_out(*read_reviews(), settings.held_out,
+                                          torch.Generator().manual_seed(settings.seed))
+    evaluation = LabeledTexts([trained[0], trained[1], held_out[0], "a sentence of my own"], ["positive"] * 4)
+    note, = teacher_overlap_note(OFFLINE_CLASSIFIER, evaluation)
+    assert "learned from 2 of these 4 validation texts" in note and "optimistic" in note
+    assert teacher_overlap_note(OFFLINE_CLASSIFIER, LabeledTexts(held_out[:3], ["positive"] * 3)) == []
+    assert teacher_overlap_note("some/other-classifier", evaluation) == []

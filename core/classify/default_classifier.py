@@ -112,6 +112,12 @@ def build(out: Path, progress: Callable[[float, str], None] | None = None,
     report(1.0, "Offline sentiment classifier ready")
 
 
+def training_texts(settings: TrainSettings = TrainSettings()) -> set[str]:
+    """The reviews the packaged classifier learned from (the same seeded split as its build)."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    return set(split_held_out(*read_reviews(), settings.held_out, generator)[0])
+
+
 def split_held_out(texts: list[str], labels: list[int], share: float,
                    generator: torch.Generator) -> tuple[list[str], list[int], list[str]]:
     """(training texts, their labels, held-out texts): the held-out ones calibrate the out-of-distribution flag."""

@@ -25,7 +25,7 @@ from core.finetune.tasks import (
     make_task,
 )
 from core.models.heads import STANDARD
-from core.models.registry import TEXT_CLASSIFICATION
+from core.models.registry import OFFLINE_CLASSIFIER, TEXT_CLASSIFICATION
 from core.models.store import ModelCard, ModelStore
 
 # Architectures whose usual LoRA targets peft does not list.
@@ -208,6 +208,18 @@ def _prepare_training(data: DataSplit, hyper: Hyperparameters) -> tuple[Examples
     return train, weights, notes
 
 
+def teacher_overlap_note(teacher_id: str, evaluation) -> list[str]:
+    """A note when the packaged classifier, as teacher, trained on validation texts: its score is then optimistic."""
+    if teacher_id != OFFLINE_CLASSIFIER:
+        return []
+    from core.classify.default_classifier import training_texts
+
+    seen = len(set(evaluation.texts) & training_texts())
+    return [f"The teacher learned from {seen:,} of these {len(evaluation):,} validation texts (the packaged classifier "
+            "was trained on the example reviews), so its score here is optimistic; for a fair comparison, validate "
+            "on texts it has not seen (a validation file)."] if seen else []
+
+
 def _student(teacher, hyper: Hyperparameters, notes: list[str]):
     from core.finetune.distil import make_student
 
@@ -248,6 +260,7 @@ def _run(spec: FineTuneSpec, store: ModelStore, progress: TrainingProgress, stop
         teacher, model = model, _student(model, hyper, notes)
         progress.set_phase("Measuring the teacher")
         teacher_facts = measure(teacher, tokenizer, task, sets["eval"], encoded["eval"], hyper, "teacher")
+        notes += teacher_overlap_note(spec.base_model, sets["eval"])
     if hyper.freeze_encoder:
         freeze_encoder(model)
     if hyper.lora:
