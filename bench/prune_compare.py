@@ -7,6 +7,7 @@ calibrate on assets/calibration_text.txt; every row is scored on assets/eval_tex
     PYTHONPATH=. .venv/bin/python bench/prune_compare.py [--sparsity 0.5] [--cut 0.2]
 
 Targets (issue 13): Wanda's perplexity at most half of magnitude pruning's; SVD-LLM at a 20 % cut at most 3x fp32.
+The "+lora" rows heal Wanda and SVD-LLM with LoRA on the team's reviews (core/quantize/healing.py): before and after.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def main() -> int:
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--cut", type=float, default=0.2)
     parser.add_argument("--tokens", type=int, default=1024, help="evaluation tokens")
+    parser.add_argument("--no-heal", action="store_true", help="skip the LoRA-healed rows (about 5 minutes)")
     args = parser.parse_args()
     from core.models.device import configure_threads
     from core.models.manager import ModelManager
@@ -35,7 +37,7 @@ def main() -> int:
     threads = configure_threads()
     base = ModelManager(offline=True).load(DEFAULT_CHAT_MODEL, CAUSAL_LM, precision="fp32")
     text = (assets_dir() / "eval_text.txt").read_text(encoding="utf-8")
-    variants = ["pruned", "wanda", "wanda-2:4", "low-rank", "svd-llm"]
+    variants = ["pruned", "wanda", "wanda-2:4", "low-rank", "svd-llm"] + ([] if args.no_heal else ["wanda+lora", "svd-llm+lora"])
     *_, comparison = compare_variants(DEFAULT_CHAT_MODEL, CAUSAL_LM, base.model, base.tokenizer, variants, text,
                                       CompressionOptions(args.sparsity, args.cut),
                                       EvalSettings(max_eval_tokens=args.tokens, decode_tokens=8, repeats=1))
@@ -50,6 +52,10 @@ def main() -> int:
           f"| ratio {rows['wanda'].perplexity / rows['pruned'].perplexity:.3f} (target <= 0.5)")
     print(f"low rank at a {args.cut:.0%} cut: plain SVD {rows['low-rank'].perplexity:.2f} | SVD-LLM "
           f"{rows['svd-llm'].perplexity:.2f} = {rows['svd-llm'].perplexity / fp32:.2f}x fp32 {fp32:.2f} (target <= 3x)")
+    for name in ("wanda", "svd-llm"):
+        if f"{name}+lora" in rows:
+            healed = rows[f"{name}+lora"].perplexity
+            print(f"healed with LoRA: {name} {rows[name].perplexity:.2f} -> {healed:.2f} = {healed / fp32:.2f}x fp32")
     return 0
 
 

@@ -281,3 +281,72 @@ def test_registered_variant_is_offered_to_other_tabs(services, tiny_lm_dirs):
     assert loaded.source == "memory" and loaded.precision == "int8-dynamic"
     assert services.manager.load(loaded.model_id, CAUSAL_LM) is loaded
     assert loaded.model_id in [value for _, value in services.model_choices(CAUSAL_LM)]
+
+
+def _linear_zeros(model: nn.Module) -> int:
+    """Zeroed weights of the model's own linear layers (LoRA adapters left out)."""
+    return sum(int((p == 0).sum()) for name, p in model.named_parameters() if "lora_" not in name and p.dim() == 2
+               and "embed" not in name and "wte" not in name and "wpe" not in name)
+
+
+def test_healing_trains_adapters_and_pruned_weights_stay_zero(lm):
+    from core.common.errors import StoppedError
+    from core.quantize.healing import HealSettings, adapter_params, heal
+
+    model, tok = lm
+    opts = calibrated(CompressionOptions(sparsity=0.5), tok)
+    ids = torch.tensor([opts.healing_ids])
+    quick = HealSettings(steps=8, batch=2, window=32, learning_rate=1e-2)
+    wanda = build_variant("wanda", model, opts).model
+    zeros = _linear_zeros(wanda)
+    healed, losses = heal(wanda, ids, quick)
+    assert len(losses) == 8 and sum(losses[-3:]) / 3 < losses[0]  # the adapters learn the healing text
+    assert adapter_params(healed) > 0 and _linear_zeros(healed) == zeros  # kept apart: the zeros survive
+    with pytest.raises(InputError, match="more than 32 tokens"):
+        heal(build_variant("wanda", model, opts).model, ids[:, :20], quick)
+    stop = StopFlag()
+    stop.stop()
+    with pytest.raises(StoppedError):
+        heal(build_variant("svd-llm", model, opts).model, ids, quick, stop)
+
+
+def test_healed_rows_sit_beside_their_unhealed_twins_and_run_in_chat(services, tiny_lm_dirs):
+    from core.chat.sampling import SamplingSettings
+    from core.chat.serving import torch_engine
+
+    folder = tiny_lm_dirs["llama"]
+    model, tok = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    *_, comparison = compare_variants("tiny", CAUSAL_LM, model, tok, ["svd-llm", "svd-llm+lora"], TEXT,
+                                      CompressionOptions(cut=0.3), FAST)
+    rows = {r.variant: r for r in comparison.results}
+    assert rows["svd-llm+lora"].status == "ok", rows["svd-llm+lora"].notes
+    assert "healed with LoRA" in rows["svd-llm+lora"].notes and "sentiment_reviews" in rows["svd-llm+lora"].notes
+    assert rows["svd-llm+lora"].perplexity != rows["svd-llm"].perplexity
+    base = services.manager.load(str(folder), CAUSAL_LM, precision="fp32")
+    loaded = register_variant(services.manager, base, "wanda+lora", CompressionOptions())
+    prompt = tok("Hello there")["input_ids"]
+    reply = torch_engine(loaded.model, loaded.tokenizer).submit(
+        prompt, SamplingSettings(temperature=0, max_new_tokens=4)).result()
+    assert reply.done and len(reply.steps) == 4
+
+
+class StopsOnRead(StopFlag):
+    """A Stop pressed while the n-th check runs: here, inside healing rather than between variants."""
+
+    def __init__(self, reads: int) -> None:
+        super().__init__()
+        self.reads = reads
+
+    @property
+    def stopped(self) -> bool:
+        self.reads -= 1
+        return self.reads < 0
+
+
+def test_stop_during_healing_ends_the_run_without_a_failed_row(tiny_lm_dirs):
+    folder = tiny_lm_dirs["llama"]
+    model, tok = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    stop = StopsOnRead(4)  # two checks between variants, then two healing steps
+    results = [[r.variant for r in c.results] for c in compare_variants(
+        "tiny", CAUSAL_LM, model, tok, ["wanda+lora", "bf16"], TEXT, settings=FAST, stop=stop)]
+    assert results == [["fp32"]] and stop.reads < 0

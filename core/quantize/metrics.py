@@ -10,7 +10,7 @@ import gc
 import math
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -19,7 +19,7 @@ import psutil
 import torch
 import torch.nn.functional as F
 
-from core.common.errors import InputError, check_number
+from core.common.errors import InputError, StoppedError, check_number
 from core.common.stopping import StopFlag
 from core.common.uploads import UploadError, read_table, require_columns
 from core.models.registry import CAUSAL_LM
@@ -292,6 +292,7 @@ def compare_variants(model_id: str, task: str, fp32, tokenizer, variants: list[s
     report = progress or (lambda *_: None)
     if not opts.calibration_ids:
         opts = calibrated(opts, tokenizer)
+    opts = replace(opts, stop=stop)  # long builds (healing) check it between steps
     names = [BASELINE] + [v for v in dict.fromkeys(variants) if v != BASELINE]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
@@ -318,6 +319,9 @@ def compare_variants(model_id: str, task: str, fp32, tokenizer, variants: list[s
         else:
             try:
                 result = _measure(name, fp32, tokenizer, reference, opts)
+            except StoppedError:
+                report(1.0, f"Stopped during variant {i + 1} of {len(names)}")
+                return
             except Exception as err:  # one broken backend must not lose the other variants' results
                 if name == BASELINE:
                     raise

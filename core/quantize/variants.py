@@ -20,9 +20,11 @@ import torch
 from torch import nn
 
 from core.common.errors import InputError, check_number
+from core.common.stopping import StopFlag
 from core.models.paths import assets_dir
 from core.models.precision import Int8WeightLinear, conv1d_to_linear, int8_weight_only
 from core.quantize.activation_aware import FactoredLinear, collect_stats, low_rank, wanda_prune
+from core.quantize.healing import HEALING_FILE, HealSettings, adapter_params, heal, healing_text
 
 # bitsandbytes logs on every int8 matmul that CPU float32 inputs are cast to float16: expected here, and noisy.
 logging.getLogger("bitsandbytes.autograd._functions").addFilter(lambda record: "inputs will be cast" not in record.msg)
@@ -33,6 +35,8 @@ class CompressionOptions:
     cut: float = 0.2  # share of the linear layers' parameters the low-rank variants remove
     calibration_ids: tuple[int, ...] = ()  # tokens of the calibration text (activation-aware variants)
     calibration_name: str = "assets/calibration_text.txt"
+    healing_ids: tuple[int, ...] = ()  # tokens of the healing text (the "+lora" variants)
+    stop: StopFlag | None = field(default=None, compare=False, repr=False)  # checked between healing steps
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sparsity", check_number("Pruning sparsity", self.sparsity, 0.01, 0.99))
@@ -47,7 +51,8 @@ def calibrated(opts: CompressionOptions, tokenizer, text: str | None = None, nam
     if not text.strip():
         raise InputError("The calibration text is empty: upload a .txt file with some prose in it.")
     ids = tokenizer(text)["input_ids"][:max_tokens]
-    return replace(opts, calibration_ids=tuple(ids), calibration_name=name or opts.calibration_name)
+    return replace(opts, calibration_ids=tuple(ids), calibration_name=name or opts.calibration_name,
+                   healing_ids=tuple(tokenizer(healing_text())["input_ids"]))
 
 
 @dataclass
@@ -259,6 +264,21 @@ def _low_rank_builder(whitened: bool) -> Callable[[nn.Module, CompressionOptions
     return build
 
 
+def _healed_builder(compressed: str) -> Callable[[nn.Module, CompressionOptions], BuiltVariant]:
+    def build(fp32: nn.Module, opts: CompressionOptions) -> BuiltVariant:
+        built = VARIANTS[compressed].build(fp32, opts)
+        settings = HealSettings()
+        healed, losses = heal(built.model, torch.tensor([opts.healing_ids]), settings, opts.stop)
+        tail = losses[-10:]
+        built.notes.append(f"healed with LoRA (r {settings.rank}) for {settings.steps} steps on "
+                           f"{settings.steps * settings.batch * settings.window:,} tokens of assets/{HEALING_FILE}: "
+                           f"loss {losses[0]:.2f} -> {sum(tail) / len(tail):.2f}; {adapter_params(healed):,} adapter "
+                           "parameters kept apart from the weights, so zeroed weights stay zero")
+        return BuiltVariant(healed, built.compressed_params, built.total_params, built.notes)
+
+    return build
+
+
 def _onnx_builder(precision: str) -> Callable[[nn.Module, CompressionOptions], BuiltVariant]:
     """The model as the Chat tab's CPU fast path runs it: exported once with onnxruntime-genai, run by ONNX Runtime."""
     def build(fp32: nn.Module, _opts: CompressionOptions) -> BuiltVariant:
@@ -331,6 +351,10 @@ VARIANTS: dict[str, VariantSpec] = {spec.name: spec for spec in (
                 _always),
     VariantSpec("svd-llm", "activation-aware SVD (whitened, SVD-LLM), ranks from one parameter budget",
                 _low_rank_builder(True), _always),
+    VariantSpec("wanda+lora", "Wanda pruning, then healed with LoRA (a few minutes)", _healed_builder("wanda"),
+                _always),
+    VariantSpec("svd-llm+lora", "SVD-LLM, then healed with LoRA (a few minutes)", _healed_builder("svd-llm"),
+                _always),
 )}
 
 
