@@ -9,7 +9,6 @@ for both; both go through the same engine and batching.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.chat_load import chat_user  # noqa: E402
-from bench.load_tools import QUESTIONS, Reply, launched_app, run_users, summary  # noqa: E402
+from bench.load_tools import QUESTIONS, Reply, launched_app, load_args, run_users, summary  # noqa: E402
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -45,13 +44,9 @@ def api_user(url: str, tokens: int):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", default="1,4,8,16")
-    parser.add_argument("--tokens", type=int, default=64)
-    args = parser.parse_args()
-    users = [int(n) for n in args.users.split(",")]
+    users, tokens = load_args(__doc__)
     with launched_app("--tabs", "chat") as (url, memory):
-        sides = {"openai client on /v1": api_user(url, args.tokens), "gradio_client on /chat_send": chat_user(url, args.tokens)}
+        sides = {"openai client on /v1": api_user(url, tokens), "gradio_client on /chat_send": chat_user(url, tokens)}
         for one in sides.values():
             one(0)  # warm-up: the model is loaded (and on first use exported) before timing
         for n in users:

@@ -31,7 +31,8 @@ def main() -> int:
 
     import pandas as pd
 
-    from core.bias.before_after import swap_pairs, swap_probe
+    from core.bias.before_after import swap_probe
+    from core.bias.swaps import swap_pairs
     from core.classify.classifier import predict_proba
     from core.finetune.tasks import default_hyperparameters
     from core.finetune.training import FineTuneSpec, run_finetune

@@ -11,7 +11,6 @@ Targets (issue 10): 16 users >= 4x the one-at-a-time aggregate, p95 first token 
 """
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.load_tools import QUESTIONS, Reply, launched_app, run_users, summary  # noqa: E402
+from bench.load_tools import QUESTIONS, Reply, launched_app, load_args, run_users, summary  # noqa: E402
 
 
 def has_text(chatbot: list[dict]) -> bool:
@@ -65,15 +64,11 @@ def measure(url: str, users: list[int], tokens: int, label: str) -> dict[int, fl
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", default="1,4,8,16")
-    parser.add_argument("--tokens", type=int, default=64)
-    args = parser.parse_args()
-    users = [int(n) for n in args.users.split(",")]
+    users, tokens = load_args(__doc__)
     results = {}
     for label, flags in (("batched (up to 16 at once)", ()), ("one at a time (--chat-batch 1)", ("--chat-batch", "1"))):
         with launched_app("--tabs", "chat", *flags) as (url, memory):
-            results[label] = measure(url, users, args.tokens, label)
+            results[label] = measure(url, users, tokens, label)
             print(f"{label}: app peak RSS {memory.stop():.2f} GiB", flush=True)
     batched, sequential = results.values()
     for n in users:

@@ -1,6 +1,7 @@
 """What the load benchmarks share: launching the app as a user would, timing concurrent users, printing a table."""
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import statistics
@@ -41,6 +42,15 @@ class Reply:
     tokens: int
     first_token_s: float  # seen by the client: request sent to the first streamed text
     seconds: float  # request sent to the last byte
+
+
+def load_args(doc: str | None) -> tuple[list[int], int]:
+    """(user counts, new tokens per reply) from the command line of a load benchmark."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", default="1,4,8,16")
+    parser.add_argument("--tokens", type=int, default=64)
+    args = parser.parse_args()
+    return [int(n) for n in args.users.split(",")], args.tokens
 
 
 def free_port() -> int:

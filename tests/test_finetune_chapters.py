@@ -169,7 +169,8 @@ def test_custom_heads_refuse_lora_and_unknown_names(reviews, tiny_classifier_dir
 
 # ---- the Bias tab's before / after ------------------------------------------------------------------------------------
 def test_swap_probe_measures_how_far_group_words_move_a_classifier(tiny_classifier_dir, services):
-    from core.bias.before_after import swap_pairs, swap_probe
+    from core.bias.before_after import swap_probe
+    from core.bias.swaps import swap_pairs
 
     origins, copies = swap_pairs(["he was kind", "a fine film", "the old man"])
     assert origins == [0, 2, 2] and copies == ["she was kind", "the old woman", "the young man"]

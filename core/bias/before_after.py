@@ -17,7 +17,7 @@ from core.bias import charts, counterfactual, fairness
 from core.bias.classifier_scores import AUTO, label_scores
 from core.bias.report import MetricNote, ReportSection, data_hash
 from core.bias.stats import Interval, bootstrap_mean
-from core.bias.swaps import AXES, counterfactuals
+from core.bias.swaps import AXES, swap_pairs
 from core.common.errors import InputError
 from core.models.store import ModelStore
 
@@ -44,16 +44,6 @@ class SwapProbe:
     texts: int  # texts that mention a group word
 
 
-def swap_pairs(texts: list[str], axes: tuple[str, ...] = AXES) -> tuple[list[int], list[str]]:
-    """(index of the original text, swapped copy) for every swap of every text that mentions a group word."""
-    origins, copies = [], []
-    for i, text in enumerate(texts):
-        for copy in counterfactuals(text, axes):
-            origins.append(i)
-            copies.append(copy)
-    return origins, copies
-
-
 def swap_probe(classifier, texts: list[str], label: str = AUTO, axes: tuple[str, ...] = AXES,
                resamples: int = 1000, seed: int = 0) -> SwapProbe:
     """How far swapping group words moves a (model, tokenizer) classifier on real texts."""
@@ -75,19 +65,16 @@ def swap_probe(classifier, texts: list[str], label: str = AUTO, axes: tuple[str,
 def _rows(name: str, templates: counterfactual.CounterfactualResult, swaps: SwapProbe,
           fair: fairness.FairnessResult, accuracy: Interval) -> list[dict]:
     """One model's measures as (measure, model, estimate, low, high) rows."""
-    rows = []
+    rows: list[tuple[str, Interval]] = []
     for axis in templates.axes.itertuples():
-        rows.append((f"template gap: {axis.axis}", axis.score_gap, axis.score_gap_low, axis.score_gap_high))
-        rows.append((f"template flips: {axis.axis}", axis.flip_share, axis.flip_share_low, axis.flip_share_high))
-    rows += [("swap gap", *_triple(swaps.gap)), ("swap flips", *_triple(swaps.flips))]
-    rows += [(metric.replace("_", " "), *_triple(interval)) for metric, interval in fair.disparities.items()
+        rows.append((f"template gap: {axis.axis}", Interval(axis.score_gap, axis.score_gap_low, axis.score_gap_high)))
+        rows.append((f"template flips: {axis.axis}",
+                     Interval(axis.flip_share, axis.flip_share_low, axis.flip_share_high)))
+    rows += [("swap gap", swaps.gap), ("swap flips", swaps.flips)]
+    rows += [(metric.replace("_", " "), interval) for metric, interval in fair.disparities.items()
              if metric != "demographic_parity_ratio"]
-    rows.append(("accuracy", *_triple(accuracy)))
-    return [{"measure": m, "model": name, "estimate": e, "low": lo, "high": hi} for m, e, lo, hi in rows]
-
-
-def _triple(interval: Interval) -> tuple[float, float, float]:
-    return interval.estimate, interval.low, interval.high
+    rows.append(("accuracy", accuracy))
+    return [{"measure": measure, "model": name, **interval.as_dict()} for measure, interval in rows]
 
 
 @dataclass

@@ -64,3 +64,13 @@ def counterfactuals(text: str, axes: tuple[str, ...] = AXES) -> list[str]:
             if copy != text and copy not in copies:
                 copies.append(copy)
     return copies
+
+
+def swap_pairs(texts: list[str], axes: tuple[str, ...] = AXES) -> tuple[list[int], list[str]]:
+    """(index of the original text, swapped copy) for every swap of every text that mentions a group word."""
+    origins, copies = [], []
+    for i, text in enumerate(texts):
+        for copy in counterfactuals(text, axes):
+            origins.append(i)
+            copies.append(copy)
+    return origins, copies

@@ -18,7 +18,7 @@ import torch
 
 from core.classify.ood import fit_stats, prose_sentences
 from core.models.packaged import minilm_folder
-from core.models.paths import assets_dir
+from core.models.paths import assets_dir, calibration_text
 
 LABELS = ["negative", "positive"]
 DATA_FILE = "sentiment_reviews.csv"
@@ -103,7 +103,7 @@ def build(out: Path, progress: Callable[[float, str], None] | None = None,
                        f"Training the sentiment head: epoch {epoch + 1}/{settings.epochs}, loss {loss.item():.3f}")
     model.eval()
     report(0.95, "Measuring what in-distribution text looks like to the classifier (out-of-distribution flag)")
-    prose = prose_sentences((assets_dir() / "calibration_text.txt").read_text(encoding="utf-8"))
+    prose = prose_sentences(calibration_text())
     stats = fit_stats(model, tokenizer, texts, labels, held_out, prose)
     report(0.97, "Saving the sentiment classifier to the local cache")
     model.save_pretrained(out, safe_serialization=True)

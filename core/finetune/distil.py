@@ -18,8 +18,7 @@ from torch import nn
 from transformers import Trainer
 
 from core.common.errors import InputError
-
-IGNORE = -100
+from core.finetune.tasks import IGNORE
 
 
 def layer_list(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:

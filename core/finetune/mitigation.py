@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from core.bias.swaps import AXES, counterfactuals
+from core.bias.swaps import AXES, swap_pairs
 from core.common.uploads import UploadError
 from core.finetune.data import LabeledTexts
 
@@ -25,15 +25,10 @@ class Augmented:
 
 def augment(data: LabeledTexts, axes: tuple[str, ...] = AXES) -> Augmented:
     """The training texts plus their counterfactual copies (same labels)."""
-    texts, labels = list(data.texts), list(data.labels)
-    groups = None if data.groups is None else list(data.groups)
-    for text, label, group in zip(data.texts, data.labels, data.groups or [None] * len(data)):
-        for copy in counterfactuals(text, axes):
-            texts.append(copy)
-            labels.append(label)
-            if groups is not None:
-                groups.append(group)
-    added = len(texts) - len(data)
+    origins, copies = swap_pairs(data.texts, axes)
+    texts, labels = data.texts + copies, data.labels + [data.labels[i] for i in origins]
+    groups = None if data.groups is None else data.groups + [data.groups[i] for i in origins]
+    added = len(copies)
     message = (f"Counterfactual augmentation added {added:,} swapped copies ({', '.join(axes)})." if added else
                f"Counterfactual augmentation added nothing: no training text mentions a group word of "
                f"{', '.join(axes)}.")

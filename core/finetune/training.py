@@ -314,7 +314,7 @@ def measure(model, tokenizer, task: FineTuneTask, examples: Examples, encoded: l
     import torch
     from transformers import Trainer
 
-    params = sum(p.numel() for p in model.parameters())
+    _, params = count_parameters(model)
     size = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     rows = encoded[:256]
     collate = task.collator(tokenizer)
@@ -353,11 +353,11 @@ def ood_statistics(model, tokenizer, data: DataSplit, task: FineTuneTask, limit:
     """What the classifier's training texts look like to it, for the Classify tab's out-of-distribution flag: class
     means and covariance from the training texts, thresholds from the validation texts."""
     from core.classify.ood import fit_stats, prose_sentences
-    from core.models.paths import assets_dir
+    from core.models.paths import calibration_text
 
     model.eval()
     ids = {label: i for i, label in enumerate(task.labels)}
-    prose = prose_sentences((assets_dir() / "calibration_text.txt").read_text(encoding="utf-8"))
+    prose = prose_sentences(calibration_text())
     return fit_stats(model, tokenizer, data.train.texts[:limit], [ids[label] for label in data.train.labels[:limit]],
                      data.eval.texts[:limit], prose)
 

@@ -14,3 +14,9 @@ def cache_dir() -> Path:
 
 def assets_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "assets"
+
+
+def calibration_text() -> str:
+    """The team's own prose: calibrates the activation-aware compressions and the out-of-distribution flag, and is
+    never an evaluation text."""
+    return (assets_dir() / "calibration_text.txt").read_text(encoding="utf-8")

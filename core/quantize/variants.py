@@ -21,7 +21,7 @@ from torch import nn
 
 from core.common.errors import InputError, check_number
 from core.common.stopping import StopFlag
-from core.models.paths import assets_dir
+from core.models.paths import calibration_text
 from core.models.precision import Int8WeightLinear, conv1d_to_linear, int8_weight_only
 from core.quantize.activation_aware import FactoredLinear, collect_stats, low_rank, wanda_prune
 from core.quantize.healing import HEALING_FILE, HealSettings, adapter_params, heal, healing_text
@@ -47,7 +47,7 @@ def calibrated(opts: CompressionOptions, tokenizer, text: str | None = None, nam
                max_tokens: int = 2048) -> CompressionOptions:
     """The options with the calibration text's tokens (default: the team's assets/calibration_text.txt)."""
     if text is None:
-        text = (assets_dir() / "calibration_text.txt").read_text(encoding="utf-8")
+        text = calibration_text()
     if not text.strip():
         raise InputError("The calibration text is empty: upload a .txt file with some prose in it.")
     ids = tokenizer(text)["input_ids"][:max_tokens]
