@@ -12,8 +12,9 @@ import logging
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -183,6 +184,7 @@ class ChatEngine:
         self._batch: Batch = backend.new_batch()
         self._thread: threading.Thread | None = None
         self._recent_reply_s = 5.0  # moving average, for the estimated wait
+        self._jobs: deque[tuple[Callable[[Backend], Any], Future]] = deque()
         self.closed = False
 
     # ---- for callers -------------------------------------------------------------------------------------------
@@ -202,6 +204,17 @@ class ChatEngine:
             self._ensure_thread()
             self._lock.notify_all()
         return request
+
+    def exclusive(self, job: Callable[[Backend], Any]) -> Any:
+        """Run `job(backend)` on the engine's thread between two decode steps and return its result: scoring work
+        (perplexity, evaluation, prompt log-probabilities) shares the model fairly with the replies being written and
+        never runs a forward pass beside them. Keep each job small (one batch): replies wait while it runs."""
+        future: Future = Future()
+        with self._lock:
+            self._jobs.append((job, future))
+            self._ensure_thread()
+            self._lock.notify_all()
+        return future.result()
 
     def waiting_message(self, request: Request) -> str:
         with self._lock:
@@ -238,10 +251,13 @@ class ChatEngine:
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while not self._waiting and not self._running and not self.closed:
+                while not self._waiting and not self._running and not self._jobs and not self.closed:
                     self._lock.wait()
-                if self.closed and not self._waiting and not self._running:
+                if self.closed and not self._waiting and not self._running and not self._jobs:
                     return
+                job = self._jobs.popleft() if self._jobs else None
+            if job is not None:
+                self._run_job(*job)
             self._admit()
             self._drop_stopped()
             if self._running:
@@ -303,6 +319,12 @@ class ChatEngine:
                 going = request.finish(FAILED, f"{type(err).__name__}: {err}")
             if not going:
                 self._leave(key)
+
+    def _run_job(self, job: Callable[[Backend], Any], future: Future) -> None:
+        try:
+            future.set_result(job(self.backend))
+        except Exception as err:  # the caller gets the error; the engine keeps serving
+            future.set_exception(err)
 
     def _remember(self, request: Request) -> None:
         if request.done.is_set():
