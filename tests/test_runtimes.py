@@ -7,7 +7,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.chat import serving
 from core.chat.backends import OnnxBackend
-from core.chat.engine import LENGTH, ChatEngine
+from core.chat.engine import ChatEngine
+from core.chat.types import FinishReason
 from core.chat.sampling import SamplingSettings
 from core.chat.serving import ONNX, ChatRuntimes, torch_engine
 from core.models import onnx_runtime
@@ -43,7 +44,7 @@ def test_onnx_export_replies_like_pytorch_alone_and_batched(home, tiny_lm_dirs, 
     together = [onnx.submit(ids, GREEDY) for ids in prompts]
     for ids, a, b in zip(prompts, alone, [r.result() for r in together]):
         assert a.text == reference.submit(ids, GREEDY).result().text  # same logits: fp32 export, same model
-        assert b.text == a.text and b.stats.finish == LENGTH
+        assert b.text == a.text and b.stats.finish is FinishReason.LENGTH
         assert len(b.steps) == 10 and all(0 < s.prob <= 1 and len(s.alt_ids) == 5 for s in b.steps)
     assert max(r.result().stats.batch for r in together) > 1
     assert onnx.backend.full_logits(prompts[0]).shape == (len(prompts[0]), len(tok))

@@ -120,13 +120,13 @@ class Reference:
 
 def decode_speed(backend: Backend, prompt: list[int], tokens: int) -> float:
     """Greedy tokens/s of one request after its prompt (the single-user chat speed)."""
-    logits, sequence = backend.prefill(prompt)
-    batch = backend.new_batch()
-    batch.join(0, sequence)
-    token = int(logits.argmax())
+    logits, [prefilled] = backend.read([prompt])
+    store = backend.new_store()
+    store.add(0, prefilled)
+    token = int(logits[0].argmax())
     start = time.perf_counter()
     for _ in range(tokens):
-        token = int(batch.step({0: token})[0].argmax())
+        token = int(store.decode([token])[0].argmax())
     return tokens / (time.perf_counter() - start)
 
 

@@ -156,6 +156,20 @@ class OnnxModel:
         outputs = binding.get_outputs()
         return outputs[0].numpy(), outputs[1:]
 
+    def run_shared(self, ids: np.ndarray, mask: np.ndarray, cache: list) -> np.ndarray:
+        """One forward pass whose KV cache stays in place: each OrtValue in `cache` (rows, kv_heads, columns,
+        head_size) is bound as both past and present, and attention writes each row's new positions into it
+        (at the row's length, which it reads from the mask's sum). Returns the logits (rows, positions, vocab)."""
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", ids.astype(np.int64, copy=False))
+        binding.bind_cpu_input("attention_mask", mask.astype(np.int64, copy=False))
+        binding.bind_output("logits")  # first: outputs come back in the order they were bound
+        for past, present, value in zip(self.past_names, self.present_names, cache):
+            binding.bind_ortvalue_input(past, value)
+            binding.bind_ortvalue_output(present, value)
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy()
+
     def prefill(self, ids: list[int], keep_all: bool = False) -> tuple[np.ndarray, list]:
         logits, present = self.run(np.array([ids]), np.ones((1, len(ids))), self.empty_past())
         return (logits[0] if keep_all else logits[0, -1]), present
