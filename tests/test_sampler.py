@@ -12,7 +12,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from core.chat.sampler import CANDIDATES, BatchSampler, RowSampler, penalise, truncated
+from core.chat.sampler import CANDIDATES, BatchSampler, Knobs, RowSampler, penalise, truncated
 from core.chat.sampling import SamplingSettings
 
 VOCAB = 5000
@@ -53,9 +53,8 @@ def logits_and_history(seed: int, rows: int, scale: float = 4.0):
 
 
 def our_distribution(logits: torch.Tensor, rows: list[RowSampler]) -> torch.Tensor:
-    tempered = penalise(logits, rows) / torch.tensor([r.settings.temperature for r in rows])[:, None]
     out = torch.zeros_like(logits)
-    for index, c in truncated(tempered, rows):
+    for index, c in truncated(penalise(logits, rows), Knobs.of(rows)):
         out[index] = torch.zeros(len(index), VOCAB).scatter(
             1, c.ids, torch.softmax(c.scores, dim=1))
     return out
@@ -77,11 +76,11 @@ def test_each_rows_distribution_equals_transformers_processors_batched(scale):
 def test_top_p_without_top_k_falls_back_to_a_full_sort_only_when_the_candidates_hold_too_little():
     flat = torch.zeros(1, VOCAB)  # every token equally likely: CANDIDATES tokens hold a fifth of the mass
     row = RowSampler(SamplingSettings(temperature=1.0, top_k=0, top_p=0.9, repetition_penalty=1.0), [])
-    [(_, c)] = truncated(flat, [row])
+    [(_, c)] = truncated(flat, Knobs.of([row]))
     assert c.scores.shape[1] == VOCAB and int(c.scores.isfinite().sum()) == pytest.approx(0.9 * VOCAB, abs=2)
     peaked = torch.zeros(1, VOCAB)
     peaked[0, :10] = 20.0
-    [(_, c)] = truncated(peaked, [row])
+    [(_, c)] = truncated(peaked, Knobs.of([row]))
     assert c.scores.shape[1] == CANDIDATES and int(c.scores.isfinite().sum()) == 10
 
 

@@ -24,7 +24,16 @@ from core.models.precision import MIN_AGREEMENT, TURN_NEW_TOKENS, TURN_PROMPT_TO
 from core.models.registry import CAUSAL_LM
 from core.services import Services
 from ui import chat_teaching
-from ui.chat_view import BRANCH_JS, conversation_markdown, describe_stats, describe_waiting, token_view_html
+from ui.chat_view import (
+    BRANCH_JS,
+    conversation_markdown,
+    describe_candidate,
+    describe_ort_settings,
+    describe_quality,
+    describe_stats,
+    describe_waiting,
+    token_view_html,
+)
 from ui.components import STOP, model_picker, progress_callback
 
 SETTING_NAMES = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "max_new_tokens", "seed")
@@ -51,11 +60,13 @@ def model_summary(served: ServedModel | RemoteServer) -> str:
     prompt_format = CHAT_TEMPLATE if served.is_chat else "plain continuation (base model: see the prompt below)"
     lines = [f"✅ **{served.model_id}** · {served.family} · **{served.backend.describe()}** · prompt: {prompt_format}"]
     if served.quality is not None:
-        lines.append(f"Quality: {served.quality.describe()}.")
+        lines.append(f"Quality: {describe_quality(served.quality)}.")
     details = []
     if served.measured:
-        details.append("ONNX exports measured: " + "; ".join(f"{p}: {q.describe()}, {q.decode_tok_s:.0f} tok/s"
-                                                            for p, q in served.measured.items()))
+        details.append("Candidates checked against fp32, fastest first: "
+                       + "; ".join(describe_candidate(p, q) for p, q in served.measured.items()) + ".")
+    if served.ort_settings is not None:
+        details.append(describe_ort_settings(served.ort_settings) + ".")
     if served.loaded is not None and served.loaded.precision_measured:
         measured = ", ".join(f"{p} {m.prefill_s:.2f} s prompt + {m.token_s * 1000:.0f} ms/token ({m.agreement:.0%} "
                              "same predictions)" for p, m in served.loaded.precision_measured.items())

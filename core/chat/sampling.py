@@ -71,7 +71,7 @@ def _whole(name: StageName, value: float | None, scores: torch.Tensor, top: int)
 def stages(settings: SamplingSettings, history_ids: list[int], logits: torch.Tensor, top: int = 20) -> list[Stage]:
     """The distribution after each of the engine's stages, in the engine's order, from the raw logits: the last stage
     is exactly what the engine draws from (greedy decoding takes its most likely token instead of drawing)."""
-    from core.chat.sampler import RowSampler, candidates, penalise, truncate
+    from core.chat.sampler import Knobs, RowSampler, candidates, penalise, truncate
 
     row = RowSampler(settings, history_ids)
     scores = logits.float().reshape(1, -1)
@@ -81,9 +81,9 @@ def stages(settings: SamplingSettings, history_ids: list[int], logits: torch.Ten
         result.append(_whole(StageName.PENALTY, settings.repetition_penalty, scores, top))
     if settings.greedy:
         return result
-    scores = scores / settings.temperature
     if settings.temperature != 1.0:
-        result.append(_whole(StageName.TEMPERATURE, settings.temperature, scores, top))
+        result.append(_whole(StageName.TEMPERATURE, settings.temperature, scores / settings.temperature, top))
+    knobs = Knobs.of([row])
     values = {StageName.TOP_K: settings.top_k, StageName.TOP_P: settings.top_p, StageName.MIN_P: settings.min_p}
     for full in (False, True):  # the engine's path: a short candidate list, and a full sort when that held too little
         truncating: list[Stage] = []
@@ -94,6 +94,6 @@ def stages(settings: SamplingSettings, history_ids: list[int], logits: torch.Ten
             truncating.append(Stage(StageName(name), values[StageName(name)], tuple(c.ids[0, best.indices].tolist()),
                                     tuple(best.values.tolist()), int(c.scores[0].isfinite().sum())))
 
-        if not bool(truncate(candidates(scores, [row], full=full), [row], seen).any()):
+        if not bool(truncate(candidates(scores, knobs, full=full), knobs, seen).any()):
             break
     return result + truncating

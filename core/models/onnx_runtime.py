@@ -113,7 +113,9 @@ def onnx_bytes(folder: Path) -> int:
 class OnnxModel:
     """One exported model in an InferenceSession, with the names and shapes of its KV-cache inputs."""
 
-    def __init__(self, folder: Path, threads: int | None = None):
+    def __init__(self, folder: Path, threads: int | None = None, spinning: bool = True):
+        """`threads`: intra-op threads (None: as many as PyTorch uses); `spinning`: whether they busy-wait for the
+        next run (fast to wake, but a spinning thread holds a core the sampler may need)."""
         import onnxruntime as ort
 
         config = json.loads((folder / "genai_config.json").read_text())["model"]
@@ -129,6 +131,7 @@ class OnnxModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         self.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
         kv_type = next(i.type for i in self.session.get_inputs() if i.name == self.past_names[0])
         self.kv_dtype = np.float16 if "float16" in kv_type else np.float32
