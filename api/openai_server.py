@@ -168,10 +168,12 @@ def warn_if_open(services: Services, host: str) -> None:
 
 
 def launch(demo, services: Services, block: bool = True, **launch_options):
-    """Serve the Blocks (with gradio's queue) and the /v1 routes on one server and port."""
-    demo.queue(default_concurrency_limit=4).launch(prevent_thread_lock=True, **launch_options)
-    demo.app.include_router(openai_router(services))
+    """Serve the Blocks (with gradio's queue) and the /v1 routes on one server and port. The routes are part of the
+    app before the server starts, so a client that connects the moment the port opens finds them."""
     warn_if_open(services, launch_options.get("server_name") or "127.0.0.1")
+    demo.queue(default_concurrency_limit=4).launch(prevent_thread_lock=True,
+                                                   app_kwargs={"routes": openai_router(services).routes},
+                                                   **launch_options)
     if block:
         demo.block_thread()
     return demo
