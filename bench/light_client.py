@@ -17,22 +17,15 @@ import random
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import httpx
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
 
-from bench.load_tools import QUESTIONS  # noqa: E402
+from bench.load_tools import QUESTIONS, Reply  # noqa: E402
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-
-
-@dataclass
-class Reply:
-    tokens: int
-    first_token_s: float
-    seconds: float
 
 
 def _text(chatbot: list) -> str:

@@ -202,3 +202,12 @@ def test_chat_through_a_remote_server_with_token_view_and_stop(client, second_ap
         time.sleep(0.05)
     assert other.chat.ready(model).engine.load() == (0, 0)  # the closed stream freed the remote request
     client.predict(model_id=model, allow_remote_code=False, api_name="/chat_load_model")  # back to a local model
+
+
+def test_the_api_answers_from_the_moment_the_port_accepts_connections():
+    """A client that arrives as soon as the server listens finds /v1 (the routes are in place before it starts)."""
+    from bench.load_tools import launched_app
+
+    with launched_app("--tabs", "chat", poll_s=0.005) as (url, _memory):
+        listed = httpx.get(url + "v1/models", timeout=10)
+    assert listed.status_code == 200 and DEFAULT_CHAT_MODEL in {m["id"] for m in listed.json()["data"]}

@@ -43,6 +43,7 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16-weight", "int8-weight", "int8
 ONNX_CANDIDATES = ("int4", "int8", "fp32")
 # ONNX Runtime's settings tried for the export that serves: (intra-op threads, 0 = all of ours; spin after a run).
 ORT_SETTINGS = ((0, True), (0, False), (1, True))
+ORT_ROUNDS = 3
 MEASURE_BATCH = 32  # the check questions' replies are written in one batch
 # Below this much weight, exporting costs more than it saves: PyTorch serves (unless ONNX is asked for by name).
 MIN_ONNX_BYTES = 50 * 2**20
@@ -313,13 +314,18 @@ class ChatRuntimes:
         return RuntimeChoice(chosen, measured, {k: v.seconds for k, v in speeds.items()}, settings)
 
     def _ort_settings(self, folder: Path, candidate: str, prompt: list[int], progress: Progress) -> tuple[int, bool]:
-        """ONNX Runtime's threads spin after each run and can take the core the sampler needs: time each setting."""
-        precision, timed = candidate.removeprefix("onnx-"), {}
+        """ONNX Runtime's threads spin after each run and can take the core the sampler and the web server need, or
+        sleep and wake slower: time each setting, in interleaved rounds (the cores are shared and noisy)."""
+        precision = candidate.removeprefix("onnx-")
         exported = onnx_runtime.export(folder, precision, progress)
-        for n, (threads, spinning) in enumerate(ORT_SETTINGS):
-            progress(n / len(ORT_SETTINGS), f"Timing ONNX Runtime with {threads or 'all'} threads, spinning {spinning} (once)")
-            backend = OnnxBackend(onnx_runtime.OnnxModel(exported, threads or None, spinning), precision)
-            timed[(threads, spinning)] = measure_speed(backend, prompt).seconds
+        backends = {settings: OnnxBackend(onnx_runtime.OnnxModel(exported, settings[0] or None, settings[1]),
+                                          precision) for settings in ORT_SETTINGS}
+        timed: dict[tuple[int, bool], float] = {}
+        for round_ in range(ORT_ROUNDS):
+            for n, (settings, backend) in enumerate(backends.items()):
+                progress((round_ * len(backends) + n) / (ORT_ROUNDS * len(backends)),
+                         f"Timing ONNX Runtime's thread settings, round {round_ + 1} of {ORT_ROUNDS} (once)")
+                timed[settings] = min(timed.get(settings, float("inf")), measure_speed(backend, prompt).seconds)
         return min(timed, key=timed.get)
 
     def _torch_quality(self, loaded: LoadedModel, backend: TorchBackend) -> Quality | None:
