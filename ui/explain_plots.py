@@ -23,17 +23,17 @@ def plot_text(text: str) -> str:
     return html.escape(text, quote=False)
 
 
-def cell_text(token: str) -> str:
+def cell_text(token: str, chars: int = CELL_CHARS) -> str:
     """A token as it fits in a plot's cell or tick: visible whitespace, cut with an ellipsis, markup escaped."""
     shown = token.replace("\n", "⏎").replace("\t", "⇥")
     shown = shown.strip() if shown.strip() else "␣" * max(1, len(shown))
-    return plot_text(shown if len(shown) <= CELL_CHARS else shown[:CELL_CHARS - 1] + "…")
+    return plot_text(shown if len(shown) <= chars else shown[:chars - 1] + "…")
 
 
-def _position_axis(labels: list[str], title: str) -> dict:
+def _position_axis(labels: list[str], title: str, chars: int = CELL_CHARS) -> dict:
     """Positions as numbers with the tokens as tick labels (a repeated token keeps its own column)."""
-    return {"tickvals": list(range(len(labels))), "ticktext": [cell_text(t) for t in labels], "tickangle": -45,
-            "title": title}
+    return {"tickvals": list(range(len(labels))), "ticktext": [cell_text(t, chars) for t in labels], "tickangle": -45,
+            "title": title, "showgrid": False, "zeroline": False}
 
 
 # ---- logit lens ----------------------------------------------------------------------------------------------------
@@ -112,7 +112,8 @@ def lens_top_html(result: LensResult, row: int, position: int) -> str:
     """One cell's top-10 as a small table with probability bars."""
     top = result.top(row, position)
     lines = "".join(
-        f"<tr><td>{k + 1}</td><td><code>{html.escape(repr(token))}</code></td><td style='width:55%'>"
+        f"<tr><td>{k + 1}</td><td style='white-space:nowrap'><code>{html.escape(repr(token))}</code></td>"
+        f"<td style='width:40%'>"
         f"<div style='background:#2563eb;height:0.9em;width:{prob:.1%};min-width:1px'></div></td>"
         f"<td style='text-align:right'>{prob:.2%}</td></tr>" for k, (token, prob, _id) in enumerate(top))
     label = result.prompt.labels[position]
@@ -152,7 +153,8 @@ def patching_figure(result: PatchingResult) -> go.Figure:
             text=[[f"{v:.2f}" if abs(v) >= 0.05 else "" for v in row] for row in shown] if show_text else None,
             texttemplate="%{text}" if show_text else None, textfont={"size": 9}, showscale=col == len(sites),
             colorbar={"title": "share restored<br>(1 = as clean)"}), row=1, col=col)
-        fig.update_xaxes(**_position_axis(labels, "position (clean/corrupted token)"), row=1, col=col)
+        fig.update_xaxes(**_position_axis(labels, "position (clean/corrupted token)", 2 * CELL_CHARS + 1), row=1, col=col)
+    fig.update_yaxes(showgrid=False, zeroline=False)
     fig.update_yaxes(title="layer", row=1, col=1)
     fig.update_layout(
         title=(f"Activation patching: which states carry {plot_text(result.target.label)} rather than "

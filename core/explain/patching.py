@@ -115,8 +115,9 @@ class Tracer:
             for layer, position in cells:
                 where.setdefault(layer, ([], []))[0].append(r)
                 where[layer][1].append(position)
-        index = {layer: (torch.tensor(rs), torch.tensor(ps)) for layer, (rs, ps) in where.items()}
         cache = self.cache[site]
+        index = {layer: (torch.tensor(rs, device=cache.device), torch.tensor(ps, device=cache.device))
+                 for layer, (rs, ps) in where.items()}
 
         def patch(layer: int, hidden: torch.Tensor) -> None:
             if layer in index:
