@@ -3,12 +3,18 @@ models) and in headless Chromium on the packaged SmolLM2 (screenshots in artifac
 from __future__ import annotations
 
 import json
+import threading
+import time
+from types import SimpleNamespace
 
 import pytest
 
+from core.common.stopping import RunControl
+from core.common.work_queue import WorkQueue
 from core.explain.examples import EXAMPLES
 from core.lessons.links import from_query
 from tests.test_explain_inside import CLEAN, CORRUPTED, FOIL, TARGET
+from ui.explain_inside import InsideHandlers
 
 
 def _plot(value) -> dict:
@@ -62,6 +68,30 @@ def test_bad_input_gets_a_message_and_the_app_keeps_serving(client, tiny_lm_dirs
     assert client.predict(api_name="/explain_patch_stop") in ("Nothing is running.", "⏹️ Stopping after the current batch…")
     status, *_ = client.predict(model, CLEAN, "", api_name="/explain_lens")
     assert "the model predicts" in status  # still serving
+
+
+class Names(dict):
+    """Stands in for the tab's components: each one is its own name, so a handler's outputs read by name."""
+
+    def __missing__(self, key):
+        return key
+
+
+def test_a_sweep_waits_in_the_heavy_queue_and_stop_cancels_it_there(services, tiny_lm_dirs):
+    work = WorkQueue(slots=1)
+    handlers = InsideHandlers(SimpleNamespace(manager=services.manager, work=work), Names())
+    seen, result, control = [], {}, RunControl()
+    with work.run(RunControl(), "another user's run"):
+        worker = threading.Thread(target=lambda: result.update(handlers.patching(
+            control, str(tiny_lm_dirs["llama"]), CLEAN, CORRUPTED, TARGET, FOIL, ["resid"],
+            progress=lambda fraction, desc=None: seen.append(desc))))
+        worker.start()
+        deadline = time.monotonic() + 60
+        while not any("you are 1st in line" in (s or "") for s in seen) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert control.stop()
+        worker.join(timeout=60)
+    assert result["patch_status"].startswith("⚠️ Cancelled while waiting in line") and result["patch_figure"] is None
 
 
 def test_examples_and_lessons_fill_the_views(client):

@@ -129,7 +129,8 @@ def logit_lens(loaded: LoadedModel, prompt: str, follow: str = "") -> LensResult
             entropy.append(-(log_p.exp() * log_p).sum(-1) / math.log(2))
             which = tracked[:, torch.arange(begin, begin + len(lens_logits), device=tracked.device) % positions].T
             chosen = lens_logits.gather(1, which)  # (chunk, 1 + watched)
-            ranks.append((lens_logits[:, None, :] > chosen[:, :, None]).sum(-1) + 1)
+            # (an int32 sum: summing booleans into int64 costs twice as long, and this is the lens's second cost)
+            ranks.append((lens_logits[:, None, :] > chosen[:, :, None]).sum(-1, dtype=torch.int32) + 1)
             probs.append(log_p.gather(1, which).exp())
     shape = (rows, positions)
     top_ids = torch.cat(top_i).reshape(*shape, TOP_K).cpu().numpy()
