@@ -122,11 +122,12 @@ def test_an_api_key_is_required_when_set(app_url, services, tiny_llama, monkeypa
     assert tiny_llama in {m.id for m in api(app_url, api_key="s3cret").models.list()}
 
 
-def test_eight_api_clients_and_a_browser_user_at_once(app_url, tiny_llama):
+def test_eight_api_clients_and_a_browser_user_at_once(app_url, services, tiny_llama, monkeypatch):
     from gradio_client import Client
 
     browser_user = Client(app_url, verbose=False)
     browser_user.predict(model_id=tiny_llama, allow_remote_code=False, api_name="/chat_load_model")
+    monkeypatch.setattr(services.chat.ready(tiny_llama).engine, "eos_ids", set())  # a random model: no early end
     chat = browser_user.submit(message="Hello from the page", temperature=0.7, max_new_tokens=30, seed=1,
                                api_name="/chat_send")
 

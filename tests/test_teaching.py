@@ -8,7 +8,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from core.chat.sampling import SamplingSettings
-from core.chat.tokenizer_view import render_html, tokenize
+from core.chat.tokenizer_view import tokenize
+from ui.chat_view import tokenizer_html as render_html
 from core.common.errors import InputError
 from core.lessons.links import from_query, library, share_link
 from core.models.packaged import minilm_folder
