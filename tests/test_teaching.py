@@ -55,7 +55,8 @@ def test_smollm2_is_byte_level_bpe_with_a_chat_template(services):
 
 def test_lessons_ship_with_notes_and_links_are_data_checked():
     lessons = library()
-    assert set(lessons) == {"temperature", "top-p", "tokenization", "attention", "bias"}
+    assert set(lessons) == {"temperature", "top-p", "tokenization", "attention", "bias", "logit-lens", "patching",
+                            "contrast"}
     for name, lesson in lessons.items():
         assert lesson.title and lesson.notes.count(". ") + lesson.notes.count("? ") >= 1 and not lesson.messages, name
     opened = from_query({"lesson": "temperature", "seed": "9"})
