@@ -20,9 +20,10 @@ def load(client: Client, folder) -> str:
 def test_load_a_folder_then_chat_through_the_api(client, tiny_lm_dirs):
     client.predict(api_name="/chat_clear")  # the client is shared: start from an empty conversation
     assert "✅" in load(client, tiny_lm_dirs["llama"]) and "chat template" in load(client, tiny_lm_dirs["llama"])
-    chatbot, box, status, tokens, prompt, info, _version = client.predict(message="Hello there", temperature=0,
-                                                                          max_new_tokens=6, api_name="/chat_send")
-    assert [m["role"] for m in chatbot] == ["user", "assistant"] and box == ""
+    job = client.submit(message="Hello there", temperature=0, max_new_tokens=6, api_name="/chat_send")
+    chatbot, box, status, tokens, prompt, info, _version = job.result()
+    assert [m["role"] for m in chatbot] == ["user", "assistant"]
+    assert job.outputs()[0][1] == "" and box == {"__type__": "update"}  # the box is cleared once, then left alone
     assert "6 tokens" in reply_text(chatbot) and "tok/s" in status and "first token" in status
     assert "token-view" in tokens and prompt.endswith("<|im_start|>assistant\n") and "chat template" in info
     again = client.predict(temperature=0, max_new_tokens=6, api_name="/chat_retry")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import html
 import tempfile
+from dataclasses import dataclass, fields, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
@@ -96,6 +98,52 @@ def token_view(session: ChatSession) -> str:
     return token_view_html(reply.tokens, reply.steps or None)
 
 
+@dataclass
+class StreamView:
+    """What one streaming update sends, output by output (STREAM_OUTPUTS order).
+
+    Every output but the message box carries its value each time, unchanged ones repeated from the last update:
+    gradio turns a repeated value into an empty diff for almost nothing, while gr.skip() makes it build a new
+    component for each skipped output of each update (with 16 replies streaming that was most of the server's
+    time). The message box is set only by the first update (it is cleared when the message is taken), so a next
+    message typed while the reply streams is never touched; Enter queues it until the reply ends."""
+
+    chatbot: list
+    message: Any
+    status: str
+    token_view: str
+    prompt: str
+    model_info: str
+    version: str
+
+    def values(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+    @classmethod
+    def failed(cls, session: ChatSession, message, status: str) -> StreamView:
+        """A message that could not be sent: it stays in the box, the rest of the page as it was."""
+        return cls(chat_messages(session.turns, session.stats), message, status, token_view(session), gr.skip(),
+                   gr.skip(), version_label(session))
+
+
+TYPE_AHEAD = "✍️ You can type your next message now: Enter queues it, and it is sent when this reply ends."
+
+
+def stream_view(session: ChatSession, update: ChatUpdate, last: StreamView | None, took_message: bool) -> StreamView:
+    """The next update; `took_message`: the first one clears the message box (Send took its text)."""
+    stats = update.stats[-1] if update.stats else None
+    notices = [f"⚠️ {n}" for n in update.notices]
+    waiting = [f"⏳ {describe_waiting(update.waiting)}"] if update.waiting else []
+    status = "\n\n".join(notices + waiting + ([f"**Last reply:** {describe_stats(stats)}"] if update.done and stats
+                                             else [TYPE_AHEAD]))
+    chatbot = chat_messages(update.turns, update.stats, update.waiting)
+    if last is not None and not update.done:  # while streaming: the conversation and the status line change
+        return replace(last, chatbot=chatbot, message=gr.skip(), status=status)
+    return StreamView(chatbot, "" if last is None and took_message else gr.skip(), status,
+                      token_view(session) if update.done or last is None else last.token_view, update.prompt.text,
+                      model_summary(update.served), version_label(session))
+
+
 class ChatHandlers:
     """Event handlers: read the widgets, call the user's ChatSession, turn its updates into widget values."""
 
@@ -140,7 +188,7 @@ class ChatHandlers:
     @on_gpu
     def retry(self, session: ChatSession, system: str, temperature: float, top_k: int, top_p: float, min_p: float,
               repetition_penalty: float, max_new_tokens: int, seed: int, progress=gr.Progress()):
-        yield from self._stream(session, "", lambda p: session.retry(
+        yield from self._stream(session, gr.skip(), lambda p: session.retry(
             self.services.chat, self.settings(temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens,
                                                  seed), system, p), progress)
 
@@ -159,34 +207,21 @@ class ChatHandlers:
                                repetition_penalty, max_new_tokens, seed, progress)
 
     def _stream(self, session: ChatSession, message, start, progress):
-        """Outputs: chatbot, message box, status, token view, prompt sent, model info, version label."""
-        first = True
+        """Yields StreamView values while the reply streams (see StreamView for what each update sends); `message`
+        is the text Send took from the box, or gr.skip() for Retry and Branch, which leave the box alone."""
+        view = None
         try:
             for update in start(progress_callback(progress)):
-                if update.notices and first:
+                if update.notices and view is None:
                     for notice in update.notices:
                         gr.Warning(notice)
-                yield self._view(session, update, first)
-                first = False
+                view = stream_view(session, update, view, not isinstance(message, dict))
+                yield view.values()
         except EmptyMessageError as err:
             gr.Warning(str(err))
-            yield chat_messages(session.turns, session.stats), message, f"⚠️ {err}", *(gr.skip(),) * 4
+            yield StreamView.failed(session, message, f"⚠️ {err}").values()
         except PlaygroundError as err:
-            yield chat_messages(session.turns, session.stats), message, f"❌ {err}", *(gr.skip(),) * 4
-
-    @staticmethod
-    def _view(session: ChatSession, update: ChatUpdate, first: bool):
-        """While streaming only the conversation (and the status when it changes) is sent: every update of every
-        user costs the server the same work, so what does not change stays out of it."""
-        stats = update.stats[-1] if update.stats else None
-        status = "\n\n".join([f"⚠️ {n}" for n in update.notices]
-                             + ([f"⏳ {describe_waiting(update.waiting)}"] if update.waiting else [])
-                             + ([f"**Last reply:** {describe_stats(stats)}"] if stats and update.done else []))
-        once = first or update.done
-        return (chat_messages(update.turns, update.stats, update.waiting), "" if once else gr.skip(),
-                status if once or update.waiting else gr.skip(), token_view(session) if update.done else gr.skip(),
-                update.prompt.text if once else gr.skip(), model_summary(update.served) if once else gr.skip(),
-                version_label(session) if update.done else gr.skip())
+            yield StreamView.failed(session, message, f"❌ {err}").values()
 
     @staticmethod
     def stop(session: ChatSession) -> None:
@@ -332,12 +367,12 @@ def conversation(c: dict) -> None:
 def wire(handlers: ChatHandlers, c: dict, services: Services) -> None:
     session = c["session"]
     settings = [c[n] for n in SETTING_NAMES]
-    stream_outputs = [c["chatbot"], c["message"], c["status"], c["token_view"], c["prompt"], c["model_info"],
-                      c["version"]]
+    stream_outputs = [c[f.name] for f in fields(StreamView)]
     # Replies wait in the engine's own line (which shows each user their place) and decode in batches there.
     generating = dict(concurrency_limit=64, concurrency_id="chat_generate", show_progress="minimal")
+    # A message sent while a reply streams waits for it (always_last) and is then sent from the box, where it stayed.
     gr.on([c["message"].submit, c["send"].click], handlers.send, [session, c["message"], c["system"], *settings],
-          stream_outputs, api_name="chat_send", **generating)
+          stream_outputs, api_name="chat_send", trigger_mode="always_last", **generating)
     c["retry"].click(handlers.retry, [session, c["system"], *settings], stream_outputs, api_name="chat_retry",
                      **generating)
     c["branch"].click(handlers.branch, [session, c["branch_step"], c["branch_token"], *settings], stream_outputs,
