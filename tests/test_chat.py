@@ -19,7 +19,7 @@ from core.chat.sampling import SamplingSettings
 from core.chat.serving import torch_engine
 from core.chat.session import ChatSession, EmptyMessageError, Exchange, Reply
 from core.chat.token_view import TokenStep, describe_steps
-from core.chat.types import FinishReason
+from core.chat.types import FinishReason, UserAction
 from core.common.errors import BusyError, InputError
 from core.common.stopping import StopFlag
 from core.models.manager import ModelLoadError
@@ -321,15 +321,21 @@ def test_session_send_retry_undo_clear(services, tiny_lm_dirs):
         next(session.retry(services.chat, settings))
 
 
-def test_unknown_model_keeps_the_previous_one_and_a_model_change_stops_the_reply(services, tiny_lm_dirs, no_eos):
+def test_a_failed_load_leaves_the_reply_alone_and_a_model_change_ends_it_saying_so(services, tiny_lm_dirs, no_eos):
     session = ChatSession(str(tiny_lm_dirs["gpt2"]))
     stream = session.reply(services.chat, "Hi", SamplingSettings(temperature=1.0, max_new_tokens=100, seed=2))
     next(stream)
     with pytest.raises(ModelLoadError, match="not-a-real-model"):
         session.load(services.chat, "not-a-real-model")
     assert session.model_id == str(tiny_lm_dirs["gpt2"])
-    assert list(stream)[-1].stats[-1].finish is FinishReason.STOPPED  # switching model stopped the running reply
+    assert list(stream)[-1].stats[-1].finish is FinishReason.LENGTH  # the reply went on to its end
+    services.chat.serve(str(tiny_lm_dirs["phi"]))  # ready, so the switch below happens while the reply runs
+    stream = session.reply(services.chat, "Again", SamplingSettings(temperature=1.0, max_new_tokens=5000, seed=2))
+    next(stream)
     session.load(services.chat, str(tiny_lm_dirs["phi"]))
+    ended = list(stream)[-1].stats[-1]
+    assert ended.finish is FinishReason.REPLACED and ended.ended_by is UserAction.LOAD
+    assert "you loaded another model" in describe_stats(ended)
     assert session.served(services.chat).family == "phi"
 
 

@@ -18,7 +18,7 @@ from core.chat.sampling import SamplingSettings
 from core.chat.serving import ServedModel
 from core.chat.session import ChatSession, ChatUpdate, EmptyMessageError
 from core.chat.transcript import from_json, to_json
-from core.chat.types import ReplyStats, WaitingInfo
+from core.chat.types import ReplyStats, UserAction, WaitingInfo
 from core.common.errors import InputError, PlaygroundError
 from core.common.uploads import read_text_file
 from core.models.device import on_gpu
@@ -266,7 +266,7 @@ class ChatHandlers:
             exchanges, system, model = from_json(read_text_file(path))
         except PlaygroundError as err:
             return gr.skip(), f"❌ {err}", *keep
-        session.stop()
+        session.control.stop(UserAction.RESTORE)
         session.exchanges, session.system = exchanges, system
         settings = next((r.settings for e in reversed(exchanges) for r in [e.reply] if r.settings), None)
         values = [getattr(settings, n) if settings else gr.skip() for n in SETTING_NAMES]

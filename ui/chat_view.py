@@ -18,12 +18,17 @@ from core.chat.session import ChatSession
 from core.chat.stepwise import SamplingSteps
 from core.chat.token_view import TOP_K, TokenInfo, TokenStep
 from core.chat.tokenizer_view import Tokenized
-from core.chat.types import FinishReason, ReplyStats, WaitingInfo
+from core.chat.types import FinishReason, ReplyStats, UserAction, WaitingInfo
 from core.common.work_queue import duration, ordinal
 
 FINISH_WORDS = {FinishReason.END_OF_TEXT: "end of text", FinishReason.LENGTH: "max new tokens",
                 FinishReason.STOP_STRING: "next turn started", FinishReason.STOPPED: "stopped by user",
                 FinishReason.DISCONNECTED: "the client went away", FinishReason.FAILED: "failed"}
+ENDED_BY_WORDS = {UserAction.SEND: "ended: you sent a new message", UserAction.RETRY: "ended: you pressed Retry",
+                  UserAction.BRANCH: "ended: you branched the reply", UserAction.LOAD: "ended: you loaded another model",
+                  UserAction.CONNECT: "ended: you connected to a remote server",
+                  UserAction.UNDO: "ended: you pressed Undo", UserAction.CLEAR: "ended: you pressed Clear",
+                  UserAction.RESTORE: "ended: you restored a conversation"}
 
 
 # ---- statistics and the waiting line -------------------------------------------------------------------------------
@@ -38,7 +43,9 @@ def describe_stats(stats: ReplyStats) -> str:
         parts.append(f"batched with up to {stats.batch - 1} other{'s' if stats.batch > 2 else ''}")
     if stats.seed is not None:
         parts.append(f"seed {stats.seed}")
-    if stats.finish is not None:
+    if stats.finish is FinishReason.REPLACED:
+        parts.append(ENDED_BY_WORDS.get(stats.ended_by, "ended by your next action"))
+    elif stats.finish is not None:
         parts.append(FINISH_WORDS[stats.finish])
     return " · ".join(parts)
 

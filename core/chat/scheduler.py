@@ -17,6 +17,7 @@ from core.chat.sampler import RowSampler
 from core.chat.sampling import SamplingSettings
 from core.chat.types import (
     FinishReason,
+    UserAction,
     PrefillChunk,
     ReplyStats,
     RequestId,
@@ -97,9 +98,15 @@ class RequestState:
 
 # ---- stop checks ---------------------------------------------------------------------------------------------------
 def aborted(state: RequestState) -> FinishReason | None:
+    """Why the request's owner ended it, if they did: Stop, a reader gone, or another action of theirs."""
     if not state.stop.stopped:
         return None
-    return FinishReason.DISCONNECTED if state.stop.reason == DISCONNECTED else FinishReason.STOPPED
+    if state.stop.reason == DISCONNECTED:
+        return FinishReason.DISCONNECTED
+    if state.stop.reason in {a.value for a in UserAction}:
+        state.stats.ended_by = UserAction(state.stop.reason)
+        return FinishReason.REPLACED
+    return FinishReason.STOPPED
 
 
 def stop_string_at(text: str, stops: tuple[str, ...], since: int) -> int | None:

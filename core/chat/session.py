@@ -20,7 +20,7 @@ from core.chat.remote import RemoteServer, check_server, messages_for, remote_re
 from core.chat.sampling import SamplingSettings
 from core.chat.serving import ChatRuntimes, ServedModel
 from core.chat.token_view import TokenInfo, TokenStep, describe_steps
-from core.chat.types import ReplyStats, WaitingInfo
+from core.chat.types import ReplyStats, UserAction, WaitingInfo
 from core.common.errors import InputError
 from core.common.stopping import RunControl
 
@@ -97,16 +97,17 @@ class ChatSession:
     # ---- which model ---------------------------------------------------------------------------------------------
     def load(self, runtimes: ChatRuntimes, model_id: str, trust_remote_code: bool = False,
              progress: Progress | None = None) -> ServedModel:
-        """Switch model: the running reply stops first; on ModelLoadError the current model stays."""
-        self.stop()
+        """Switch model once the new one is ready, which ends a reply still running (it says so); if the model cannot
+        be loaded (ModelLoadError), the current model and its reply go on untouched."""
         served = runtimes.serve(model_id, trust_remote_code, progress)
+        self.control.stop(UserAction.LOAD)
         self.model_id, self.trust_remote_code, self.remote = served.model_id, trust_remote_code, None
         return served
 
     def connect(self, server: RemoteServer) -> RemoteServer:
         """Chat with a model on another server from now on; if it cannot be used, the current model stays."""
-        self.stop()
         check_server(server)
+        self.control.stop(UserAction.CONNECT)
         self.remote = server
         return server
 
@@ -119,7 +120,7 @@ class ChatSession:
         """Stream the model's reply to `message`; the turn (even a stopped, partial one) joins the history."""
         if not message.strip():
             raise EmptyMessageError("Type a message first: an empty message is not sent.")
-        flag = self.control.begin()  # a reply still running in this session ends before the new one starts
+        flag = self.control.begin(UserAction.SEND)  # a reply still running in this session ends first, and says why
         self.system = system
         if self.remote is not None:
             yield from self._remote_reply(message, settings, system, flag)
@@ -179,7 +180,7 @@ class ChatSession:
         steps = exchange.reply.steps
         if not 0 <= step < len(steps) or token_id not in steps[step].alt_ids:
             raise InputError(f"Pick one of the model's top alternatives at a step between 1 and {len(steps)}.")
-        flag = self.control.begin()
+        flag = self.control.begin(UserAction.BRANCH)
         served = self.served(runtimes, progress)
         chosen = steps[step]
         forced = TokenStep(token_id, chosen.alt_probs[chosen.alt_ids.index(token_id)], chosen.alt_ids, chosen.alt_probs)
@@ -209,7 +210,7 @@ class ChatSession:
         if self.remote is not None:
             yield from self.reply(runtimes, self.undo(), settings, system, progress)
             return
-        flag = self.control.begin()
+        flag = self.control.begin(UserAction.RETRY)
         self.system = system
         served = self.served(runtimes, progress)
         exchange = self.exchanges[-1]
@@ -221,9 +222,9 @@ class ChatSession:
         """Remove the last exchange and give back its message, for editing."""
         if not self.exchanges:
             return ""
-        self.stop()
+        self.control.stop(UserAction.UNDO)
         return self.exchanges.pop().user
 
     def clear(self) -> None:
-        self.stop()
+        self.control.stop(UserAction.CLEAR)
         self.exchanges = []

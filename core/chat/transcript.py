@@ -14,7 +14,7 @@ from typing import Any
 from core.chat.sampling import SamplingSettings
 from core.chat.session import ChatSession, Exchange, Reply
 from core.chat.token_view import TokenChoice, TokenInfo, TokenStep
-from core.chat.types import FinishReason, ReplyStats
+from core.chat.types import FinishReason, ReplyStats, UserAction
 from core.common.errors import InputError
 
 FORMAT, VERSION = "llm-playground-conversation", 1
@@ -36,7 +36,8 @@ _OLD_FINISH = {"end of text": FinishReason.END_OF_TEXT, "max new tokens": Finish
 
 
 def _stats_dict(stats: ReplyStats) -> dict:
-    return asdict(stats) | {"finish": stats.finish.value if stats.finish else None}
+    return asdict(stats) | {"finish": stats.finish.value if stats.finish else None,
+                            "ended_by": stats.ended_by.value if stats.ended_by else None}
 
 
 def _stats(values: Any) -> ReplyStats | None:
@@ -47,7 +48,8 @@ def _stats(values: Any) -> ReplyStats | None:
     known = {f.value: f for f in FinishReason} | _OLD_FINISH
     if finish not in known:
         raise InputError(f"the file's reply stats have an unknown finish reason {finish!r}")
-    return replace(stats, finish=known[finish])
+    ended_by = UserAction(stats.ended_by) if stats.ended_by in {a.value for a in UserAction} else None
+    return replace(stats, finish=known[finish], ended_by=ended_by)
 
 
 def to_json(session: ChatSession, model: dict, with_tokens: bool = True) -> str:

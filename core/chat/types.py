@@ -27,13 +27,27 @@ class FinishReason(enum.Enum):
     END_OF_TEXT = "end_of_text"  # the model wrote its end-of-text token
     LENGTH = "length"  # the request's token limit (or the model's context) was reached
     STOP_STRING = "stop_string"  # a stop string appeared (for a base model's transcript: the next turn began)
-    STOPPED = "stopped"  # its owner pressed Stop, or started something that replaces it
+    STOPPED = "stopped"  # its owner pressed Stop
+    REPLACED = "replaced"  # its owner did something that ends it (ReplyStats.ended_by says what)
     DISCONNECTED = "disconnected"  # its reader went away (a closed page, a dropped API client)
     FAILED = "failed"  # an error; StepOutput.error says which
 
     @property
     def ok(self) -> bool:
         return self is not FinishReason.FAILED
+
+
+class UserAction(str, enum.Enum):
+    """What a user can do that ends their own running reply (so the reply can say so)."""
+
+    SEND = "send"
+    RETRY = "retry"
+    BRANCH = "branch"
+    LOAD = "load"
+    CONNECT = "connect"
+    UNDO = "undo"
+    CLEAR = "clear"
+    RESTORE = "restore"
 
 
 @dataclass
@@ -47,6 +61,7 @@ class ReplyStats:
     seed: int | None = None
     finish: FinishReason | None = None  # None while the reply is still streaming
     batch: int = 0  # most requests decoding together while this one ran
+    ended_by: UserAction | None = None  # with FinishReason.REPLACED: what the user did
 
 
 @dataclass(frozen=True)

@@ -46,21 +46,22 @@ class RunControl:
         self._flag: StopFlag | None = None
         self._lock = threading.Lock()
 
-    def begin(self) -> StopFlag:
-        """A fresh flag for a new run; a run of this control still going is stopped first (one at a time)."""
+    def begin(self, reason: str = BY_USER) -> StopFlag:
+        """A fresh flag for a new run; a run of this control still going is stopped first (one at a time), with
+        `reason` (what the user did that ended it)."""
         with self._lock:
             if self._flag is not None:
-                self._flag.stop()
+                self._flag.stop(reason)
             self._flag = StopFlag()
             return self._flag
 
-    def stop(self) -> bool:
+    def stop(self, reason: str = BY_USER) -> bool:
         """Stop the current run; False when there was none left to stop."""
         with self._lock:
             flag, self._flag = self._flag, None
         if flag is None or flag.stopped:
             return False
-        flag.stop()
+        flag.stop(reason)
         return True
 
     def __deepcopy__(self, _memo) -> "RunControl":
