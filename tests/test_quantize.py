@@ -23,7 +23,7 @@ from core.quantize.metrics import (
     size_quality_figure,
     speed_figure,
 )
-from core.quantize.perplexity import perplexity
+from core.evaluate.perplexity import perplexity
 from core.quantize.variants import (
     CompressionOptions,
     block_linears,
