@@ -54,7 +54,7 @@ def results_table(run: EvaluationRun) -> pd.DataFrame:
         for name in ("acc", "acc_norm"):
             if name in frame:
                 frame[name] = [_interval(*r) for r in frame[[name, f"{name}_low", f"{name}_high"]].itertuples(False)]
-    frame = frame[[c for c in columns if c in frame]]
+    frame = frame[[c for c in columns if c in frame and (c != "message" or frame[c].astype(bool).any())]]
     return frame.round({"perplexity": 3, "bits_per_byte": 4, "seconds": 1})
 
 
@@ -203,7 +203,8 @@ def build_tab(shell) -> dict[str, gr.Component]:
         with gr.Tab("Perplexity", id="evaluate-perplexity"):
             c["source"] = gr.Radio([BUILT_IN, PASTED, UPLOADED], value=BUILT_IN, label="Text")
             c["pasted"] = gr.Textbox(lines=5, label="Pasted text", placeholder="Paste any text here")
-            c["text_file"] = gr.File(label="Text file (.txt, up to 2 MiB)", file_types=[".txt"], type="filepath")
+            c["text_file"] = gr.File(label="Text file (.txt, up to 2 MiB)", file_types=[".txt"], type="filepath",
+                                     height=110)
             with gr.Row():
                 c["max_length"] = gr.Slider(32, 4096, value=512, step=32, label="Window (tokens of context)",
                                             info="Less where a model reads fewer positions; the table says what each used")
@@ -216,7 +217,7 @@ def build_tab(shell) -> dict[str, gr.Component]:
                                  info="The three small tasks were written by this app's team: not a published benchmark")
             c["task_info"] = gr.Markdown(EvaluateHandlers.describe_task(names[0]))
             c["task_file"] = gr.File(label="Task file (up to 5 MiB, 5,000 items)", file_types=[".jsonl", ".json", ".csv"],
-                                     type="filepath")
+                                     type="filepath", height=110)
             with gr.Row():
                 c["fewshot"] = gr.Textbox(lines=3, label="Few-shot prefix (optional)", scale=3,
                                           placeholder="Worked examples put before every question")
