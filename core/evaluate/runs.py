@@ -30,7 +30,7 @@ from core.evaluate.perplexity import (
     window_length,
     window_stride,
 )
-from core.evaluate.scoring import BatchLimits, ScoreRequest, score_requests
+from core.evaluate.scoring import BatchLimits, Run, ScoreRequest, score_requests
 
 Progress = Callable[[float, str], None]
 PERPLEXITY, MULTIPLE_CHOICE = "perplexity", "multiple choice"
@@ -158,20 +158,28 @@ def sha256_text(text: str) -> str:
 
 
 # ---- measuring one served model ---------------------------------------------------------------------------------------
+def windowed_perplexity(run: Run, ids: list[int], max_length: int, stride: int, n_bytes: int = 0,
+                        limits: BatchLimits = BatchLimits(), progress: Progress | None = None,
+                        stop: StopFlag | None = None) -> PerplexityResult:
+    """The sliding-window perplexity of core.evaluate.perplexity through any backend: `run` is an engine's
+    `exclusive`, or `lambda job: job(backend)` for a backend that serves no one yet (an export being measured)."""
+    windows = plan_windows(len(ids), max_length, stride)
+    requests = [ScoreRequest(tuple(ids[w.begin:w.end]), w.first - w.begin) for w in windows]
+    scores = score_requests(run, requests, 0, limits, progress, stop, "windows")
+    return PerplexityResult.of(-sum(s.total for s in scores), sum(len(s.logprobs) for s in scores), len(windows),
+                               n_bytes, max_length, window_stride(stride, max_length))
+
+
 def served_perplexity(served: ServedModel, text: str, settings: EvaluateSettings, progress: Progress | None = None,
                       stop: StopFlag | None = None) -> PerplexityResult:
-    """The sliding-window perplexity of core.evaluate.perplexity, on a served model, through its engine."""
+    """Perplexity and bits per byte of a text on a served model, through its engine."""
     ids = text_ids(served.tokenizer, text)
     if len(ids) > settings.max_text_tokens:
         raise InputError(f"The text is {len(ids):,} tokens for {served.model_id}; the limit is "
                          f"{settings.max_text_tokens:,}: evaluate a shorter part of it.")
-    length = window_length(settings.max_length, served.context)
-    windows = plan_windows(len(ids), length, settings.stride)
-    requests = [ScoreRequest(tuple(ids[w.begin:w.end]), w.first - w.begin) for w in windows]
-    scores = score_requests(served.engine.exclusive, requests, 0, settings.limits, progress, stop, "windows")
-    return PerplexityResult.of(-sum(s.total for s in scores), sum(len(s.logprobs) for s in scores), len(windows),
-                               scored_bytes(served.tokenizer, text, len(ids)), length,
-                               window_stride(settings.stride, length))
+    return windowed_perplexity(served.engine.exclusive, ids, window_length(settings.max_length, served.context),
+                               settings.stride, scored_bytes(served.tokenizer, text, len(ids)), settings.limits,
+                               progress, stop)
 
 
 def served_choices(served: ServedModel, task: ChoiceTask, settings: EvaluateSettings, progress: Progress | None = None,
