@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from core.chat.engine import FAILED, GenerationError
+from core.chat.engine import GenerationError
 from core.chat.openai_protocol import (
     ApiError,
     GenerationRequest,
@@ -149,7 +149,7 @@ async def _stream(http: Request, writer: ResponseWriter, engine_request) -> Asyn
             chunk = await run_in_threadpool(next, chunks, None)
             if chunk is None or await http.is_disconnected():
                 break
-            if chunk.done and chunk.stats.finish == FAILED:
+            if chunk.done and chunk.failed:
                 yield _sse(ApiError(500, f"The reply failed: {chunk.error}", type="server_error").body())
                 break
             delta = writer.delta(chunk)
@@ -161,12 +161,12 @@ async def _stream(http: Request, writer: ResponseWriter, engine_request) -> Asyn
 
 
 async def _whole(http: Request, writer: ResponseWriter, engine_request) -> JSONResponse:
-    while not await run_in_threadpool(engine_request.done.wait, DISCONNECT_POLL_S):
+    while not await run_in_threadpool(engine_request.wait, DISCONNECT_POLL_S):
         if await http.is_disconnected():
-            engine_request.stop.stop("the client went away")
+            engine_request.cancel()
             return JSONResponse({}, status_code=499)
     chunk = engine_request.result()
-    if chunk.stats.finish == FAILED:
+    if chunk.failed:
         return _error(ApiError(500, f"The reply failed: {chunk.error}", type="server_error"))
     return JSONResponse(writer.whole(chunk))
 
@@ -258,10 +258,12 @@ def warn_if_open(services: Services, host: str) -> None:
 
 
 def launch(demo, services: Services, block: bool = True, **launch_options):
-    """Serve the Blocks (with gradio's queue) and the /v1 routes on one server and port."""
-    demo.queue(default_concurrency_limit=4).launch(prevent_thread_lock=True, **launch_options)
-    demo.app.include_router(openai_router(services))
+    """Serve the Blocks (with gradio's queue) and the /v1 routes on one server and port. The routes are part of the
+    app before the server starts, so a client that connects the moment the port opens finds them."""
     warn_if_open(services, launch_options.get("server_name") or "127.0.0.1")
+    demo.queue(default_concurrency_limit=4).launch(prevent_thread_lock=True,
+                                                   app_kwargs={"routes": openai_router(services).routes},
+                                                   **launch_options)
     if block:
         demo.block_thread()
     return demo

@@ -1,7 +1,6 @@
 """What the load benchmarks share: launching the app as a user would, timing concurrent users, printing a table."""
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import statistics
@@ -9,11 +8,10 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 # Long answers on purpose: every reply runs to the token limit, so users stay in the batch the whole time.
@@ -43,14 +41,10 @@ class Reply:
     first_token_s: float  # seen by the client: request sent to the first streamed text
     seconds: float  # request sent to the last byte
 
-
-def load_args(doc: str | None) -> tuple[list[int], int]:
-    """(user counts, new tokens per reply) from the command line of a load benchmark."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", default="1,4,8,16")
-    parser.add_argument("--tokens", type=int, default=64)
-    args = parser.parse_args()
-    return [int(n) for n in args.users.split(",")], args.tokens
+    @property
+    def decode_tok_s(self) -> float:
+        """Tokens after the first, per second after the first: the reply's streaming speed."""
+        return (self.tokens - 1) / max(self.seconds - self.first_token_s, 1e-9) if self.tokens > 1 else 0.0
 
 
 def free_port() -> int:
@@ -82,8 +76,9 @@ class PeakRss:
 
 
 @contextmanager
-def launched_app(*flags: str, timeout: float = 600) -> Iterator[tuple[str, PeakRss]]:
-    """`python app.py --offline ... ` on a free port, as `make run` starts it; yields its URL and memory sampler."""
+def launched_app(*flags: str, timeout: float = 600, poll_s: float = 0.5) -> Iterator[tuple[str, PeakRss]]:
+    """`python app.py --offline ... ` on a free port, as `make run` starts it; yields its URL and memory sampler as
+    soon as the port accepts connections (checked every `poll_s`)."""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     (ROOT / "artifacts").mkdir(exist_ok=True)
@@ -100,7 +95,7 @@ def launched_app(*flags: str, timeout: float = 600) -> Iterator[tuple[str, PeakR
             except OSError:
                 if app.poll() is not None:
                     raise RuntimeError(f"the app exited with code {app.returncode}; see {log.name}")
-                time.sleep(0.5)
+                time.sleep(poll_s)
         memory = PeakRss(app.pid)
         yield url, memory
     finally:
@@ -112,22 +107,27 @@ def launched_app(*flags: str, timeout: float = 600) -> Iterator[tuple[str, PeakR
         log.close()
 
 
-def run_users(n: int, one_user: Callable[[int], Reply]) -> tuple[list[Reply], float]:
-    """`n` users at once, each asking its own question; (their replies, wall seconds for all of them)."""
-    start = time.perf_counter()
-    with ThreadPoolExecutor(n) as pool:
-        replies = list(pool.map(one_user, range(n)))
-    return replies, time.perf_counter() - start
-
-
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
 
 
-def summary(label: str, replies: list[Reply], wall: float) -> tuple[float, str]:
-    tokens = sum(r.tokens for r in replies)
-    rate = tokens / wall
-    first, whole = [r.first_token_s for r in replies], [r.seconds for r in replies]
-    return rate, (f"{label:34s} {len(replies):3d} users | {rate:7.1f} tok/s aggregate | first token p50 "
-                  f"{percentile(first, 50):5.2f} s p95 {percentile(first, 95):5.2f} s | reply p50 "
-                  f"{percentile(whole, 50):5.2f} s p95 {percentile(whole, 95):5.2f} s | {tokens} tokens")
+@dataclass
+class Load:
+    """One row: n users at once."""
+
+    replies: list[Reply]
+    wall_s: float
+
+    @property
+    def rate(self) -> float:
+        return sum(r.tokens for r in self.replies) / self.wall_s
+
+    def p95_first(self) -> float:
+        return percentile([r.first_token_s for r in self.replies], 95)
+
+    def line(self, label: str) -> str:
+        first, whole = [r.first_token_s for r in self.replies], [r.seconds for r in self.replies]
+        return (f"{label:44s} {len(self.replies):3d} users | {self.rate:7.1f} tok/s aggregate | first token p50 "
+                f"{percentile(first, 50):5.2f} s p95 {percentile(first, 95):5.2f} s | reply p50 "
+                f"{percentile(whole, 50):5.2f} s p95 {percentile(whole, 95):5.2f} s | "
+                f"{sum(r.tokens for r in self.replies)} tokens")

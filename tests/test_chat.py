@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from core.chat.engine import END_OF_TEXT, LENGTH, STOP_STRING, STOPPED, GenerationError
+from core.chat.engine import GenerationError
 from core.chat.prompting import (
     CHAT_TEMPLATE,
     MAX_MESSAGE_CHARS,
@@ -15,13 +15,16 @@ from core.chat.prompting import (
     context_length,
     plain_transcript,
 )
-from core.chat.sampling import SamplingSettings, logits_processors
+from core.chat.sampling import SamplingSettings
 from core.chat.serving import torch_engine
 from core.chat.session import ChatSession, EmptyMessageError, Exchange, Reply
-from core.chat.token_view import TokenStep, describe_steps, render_html
+from core.chat.token_view import TokenStep, describe_steps
+from core.chat.types import FinishReason
 from core.common.errors import BusyError, InputError
 from core.common.stopping import StopFlag
 from core.models.manager import ModelLoadError
+from tests.test_sampler import hf_processors
+from ui.chat_view import describe_stats, token_view_html
 
 FAMILIES = ("gpt2", "llama", "phi", "phi3")
 GREEDY = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=12)
@@ -53,7 +56,10 @@ class StopAfter(StopFlag):
 
     @property
     def stopped(self) -> bool:
-        return self.request is not None and len(self.request.generated) >= self.n
+        if self.request is None:
+            return False
+        state = self.request.engine.scheduler.states.get(self.request.request_id)
+        return state is None or len(state.generated) >= self.n
 
 
 def prompt_for(model, tok, message="Hello, how are you?", history=(), **kw):
@@ -120,14 +126,20 @@ def test_plain_transcript_without_system_prompt():
 
 # ---- engine --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("family", FAMILIES)
-def test_greedy_and_seeded_sampling_match_transformers_generate(tiny, family):
+def test_greedy_matches_generate_and_each_sampled_token_is_one_generate_could_draw(tiny, family):
     model, tok = tiny[family]
     ids = prompt_for(model, tok).input_ids
-    for settings in (GREEDY, SamplingSettings(temperature=0, repetition_penalty=1.3, max_new_tokens=12),
-                     SamplingSettings(temperature=0.8, top_k=20, top_p=0.9, min_p=0.05, repetition_penalty=1.2,
-                                      max_new_tokens=12, seed=7)):
-        reply = generate_reply(model, tok, ids, settings)
-        assert reply.text == hf_generate(model, tok, ids, settings), settings
+    for settings in (GREEDY, SamplingSettings(temperature=0, repetition_penalty=1.3, max_new_tokens=12)):
+        assert generate_reply(model, tok, ids, settings).text == hf_generate(model, tok, ids, settings), settings
+    sampled = SamplingSettings(temperature=0.8, top_k=20, top_p=0.9, min_p=0.05, repetition_penalty=1.2,
+                               max_new_tokens=12, seed=7)
+    reply = generate_reply(model, tok, ids, sampled)
+    history = list(ids)
+    for step in reply.steps:  # teacher-forced: generate's own processors at each step keep the token we drew
+        with torch.no_grad():
+            logits = model(torch.tensor([history])).logits[:, -1].float()
+        assert torch.softmax(hf_processors(sampled)(torch.tensor([history]), logits), -1)[0, step.token_id] > 0
+        history.append(step.token_id)
 
 
 def test_streaming_grows_the_reply(tiny, no_eos):
@@ -136,9 +148,11 @@ def test_streaming_grows_the_reply(tiny, no_eos):
     growing = [c.stats.tokens for c in chunks[:-1]]
     assert growing == sorted(growing) and all(b.text.startswith(a.text) for a, b in zip(chunks[:-2], chunks[1:-1]))
     final = chunks[-1]
-    assert final.done and final.stats.finish == LENGTH and final.stats.tokens == 12 and len(final.steps) == 12
+    assert final.done and final.stats.finish is FinishReason.LENGTH and final.stats.tokens == 12
+    assert len(final.steps) == 12 and final.text == tok.decode([s.token_id for s in final.steps])
     assert final.stats.first_token_s > 0 and final.stats.decode_tokens_per_s > 0
-    assert "12 tokens" in final.stats.describe() and "tok/s" in final.stats.describe()
+    words = describe_stats(final.stats)
+    assert "12 tokens" in words and "tok/s" in words and "max new tokens" in words
 
 
 def test_stop_ends_generation_within_one_step(tiny, no_eos):
@@ -148,7 +162,7 @@ def test_stop_ends_generation_within_one_step(tiny, no_eos):
                                               SamplingSettings(temperature=1.0, max_new_tokens=200, seed=1), flag)
     flag.request = request
     final = request.result()
-    assert final.done and final.stats.finish == STOPPED and final.stats.tokens == 3
+    assert final.done and final.stats.finish is FinishReason.STOPPED and final.stats.tokens == 3
 
 
 def test_batched_greedy_equals_unbatched_and_one_stop_leaves_the_others(tiny, no_eos):
@@ -165,28 +179,48 @@ def test_batched_greedy_equals_unbatched_and_one_stop_leaves_the_others(tiny, no
     assert max(r.stats.batch for r in together) > 1  # they really shared decode steps
     for i, (a, b) in enumerate(zip(alone, together)):
         if i == 2:
-            assert b.stats.finish == STOPPED and b.stats.tokens == 5 and a.text.startswith(b.text)
+            assert b.stats.finish is FinishReason.STOPPED and b.stats.tokens == 5 and a.text.startswith(b.text)
         else:
-            assert b.text == a.text and b.stats.finish == LENGTH, i
+            assert b.text == a.text and b.stats.finish is FinishReason.LENGTH, i
     sampled = SamplingSettings(temperature=0.9, max_new_tokens=12, seed=4)
     assert engine.submit(prompts[0], sampled).result().text == generate_reply(model, tok, prompts[0], sampled).text
 
 
-def test_a_failing_request_fails_alone_and_a_full_queue_says_so(tiny, no_eos):
+def test_a_prompt_that_cannot_be_read_fails_alone_and_a_full_queue_says_so(tiny, no_eos):
     model, tok = tiny["phi"]
     ids = prompt_for(model, tok).input_ids
     engine = torch_engine(model, tok, max_batch=2)
     engine.max_waiting = 2
     engine.backend.max_batch = 0  # hold both in line until they are set up
-    doomed = engine.submit(ids, SamplingSettings(temperature=1.0, max_new_tokens=30, seed=1))
-    doomed.sampler.choose = lambda logits: 1 / 0  # sampling breaks for this request only
+    doomed = engine.submit(ids + [10**6], SamplingSettings(temperature=1.0, max_new_tokens=30, seed=1))  # no such id
     healthy = engine.submit(ids, SamplingSettings(temperature=1.0, max_new_tokens=30, seed=2))
     with pytest.raises(BusyError, match="queue is full"):
         engine.submit(ids, GREEDY)
     engine.backend.max_batch = 2
-    engine.notify()
-    assert doomed.result().stats.finish == "failed" and "ZeroDivisionError" in doomed.result().error
-    assert healthy.result().stats.finish == LENGTH and healthy.result().stats.tokens == 30
+    engine.notify()  # both prompts are read in one pass, which fails; then one by one
+    assert doomed.result().failed and "IndexError" in doomed.result().error
+    assert healthy.result().stats.finish is FinishReason.LENGTH and healthy.result().stats.tokens == 30
+
+
+def test_a_crash_inside_a_step_fails_its_requests_with_a_message_and_the_next_is_served(tiny, no_eos, monkeypatch):
+    model, tok = tiny["llama"]
+    engine = torch_engine(model, tok, max_batch=4)
+    ids = prompt_for(model, tok).input_ids
+    broken = {"on": True}
+    decode = engine.store.decode
+
+    def flaky(tokens):
+        if broken["on"] and engine.store.lengths[0] > len(ids) + 2:
+            raise RuntimeError("the runtime fell over")
+        return decode(tokens)
+
+    monkeypatch.setattr(engine.store, "decode", flaky)
+    first = [engine.submit(ids, SamplingSettings(temperature=1.0, max_new_tokens=50, seed=i)) for i in range(3)]
+    for request in first:
+        final = request.result()
+        assert final.failed and "the runtime fell over" in final.error and final.stats.tokens >= 2
+    broken["on"] = False
+    assert engine.submit(ids, GREEDY).result().stats.finish is FinishReason.LENGTH
 
 
 def test_a_reader_that_goes_away_frees_its_slot(tiny, no_eos):
@@ -197,7 +231,7 @@ def test_a_reader_that_goes_away_frees_its_slot(tiny, no_eos):
     stream = request.chunks(interval=0.001)
     next(stream)
     stream.close()  # the page was closed
-    assert request.done.wait(10) and request.stats.finish == "the client went away"
+    assert request.wait(10) and request.stats.finish is FinishReason.DISCONNECTED
     assert engine.submit(ids, GREEDY).result().stats.tokens == 12  # the slot is free
 
 
@@ -223,22 +257,13 @@ def test_truncating_sampling_settings_narrow_to_the_greedy_choice(tiny):
         assert generate_reply(model, tok, ids, settings).text == greedy, narrow
 
 
-def test_logits_processors_follow_generate_order():
-    names = [type(p).__name__ for p in logits_processors(SamplingSettings(0.5, 10, 0.9, 0.1, 1.2))]
-    assert names == ["RepetitionPenaltyLogitsProcessor", "TemperatureLogitsWarper", "TopKLogitsWarper",
-                     "TopPLogitsWarper", "MinPLogitsWarper"]
-    assert [type(p).__name__ for p in logits_processors(SamplingSettings(temperature=0))] == [
-        "RepetitionPenaltyLogitsProcessor"]
-    assert len(logits_processors(SamplingSettings(1.0, 0, 1.0, 0.0, 1.0))) == 0
-
-
 def test_stop_string_ends_the_reply_before_it(tiny, no_eos):
     model, tok = tiny["gpt2"]
     ids = prompt_for(model, tok).input_ids
     full = generate_reply(model, tok, ids, GREEDY).text
     marker = full[4:7]
     cut = generate_reply(model, tok, ids, GREEDY, stop_strings=(marker,))
-    assert cut.stats.finish == STOP_STRING and marker not in cut.text and full.startswith(cut.text.rstrip())
+    assert cut.stats.finish is FinishReason.STOP_STRING and marker not in cut.text and full.startswith(cut.text.rstrip())
 
 
 def test_end_of_text_token_ends_the_reply(tiny):
@@ -251,7 +276,7 @@ def test_end_of_text_token_ends_the_reply(tiny):
         reply = generate_reply(model, tok, ids, GREEDY)
     finally:
         model.generation_config.eos_token_id = original
-    assert reply.stats.finish == END_OF_TEXT and reply.stats.tokens == 0 and reply.text == "" and reply.steps == []
+    assert reply.stats.finish is FinishReason.END_OF_TEXT and reply.stats.tokens == 0 and reply.text == "" and reply.steps == []
 
 
 def test_a_prompt_that_fills_the_context_is_refused(tiny):
@@ -271,9 +296,9 @@ def test_token_view_records_probabilities_and_escapes_html(tiny):
     infos = describe_steps(tok, reply.steps)
     assert "".join(i.text for i in infos) == reply.text
     script = tok("<script>", add_special_tokens=False)["input_ids"]
-    html_out = render_html(describe_steps(tok, [TokenStep(script[0], 0.9, tuple(script[:1]) * 5, (0.9,) * 5)]))
+    html_out = token_view_html(describe_steps(tok, [TokenStep(script[0], 0.9, tuple(script[:1]) * 5, (0.9,) * 5)]))
     assert "<script" not in html_out and "&lt;" in html_out and "hsl(108" in html_out
-    assert "after a reply" in render_html([])
+    assert "after a reply" in token_view_html([])
 
 
 # ---- sessions ------------------------------------------------------------------------------------
@@ -303,7 +328,7 @@ def test_unknown_model_keeps_the_previous_one_and_a_model_change_stops_the_reply
     with pytest.raises(ModelLoadError, match="not-a-real-model"):
         session.load(services.chat, "not-a-real-model")
     assert session.model_id == str(tiny_lm_dirs["gpt2"])
-    assert list(stream)[-1].stats[-1].finish == STOPPED  # switching model stopped the running reply
+    assert list(stream)[-1].stats[-1].finish is FinishReason.STOPPED  # switching model stopped the running reply
     session.load(services.chat, str(tiny_lm_dirs["phi"]))
     assert session.served(services.chat).family == "phi"
 
@@ -349,28 +374,33 @@ def test_a_reply_branches_at_any_token_and_keeps_every_version(services, tiny_lm
 
 
 def test_sampling_stages_end_at_the_distribution_the_engine_drew_from(services, tiny_lm_dirs, no_eos, monkeypatch):
-    import torch
-
-    from core.chat import sampling
-    from core.chat.stepwise import sampling_steps, stages_figure
+    from core.chat import sampler
+    from core.chat.sampling import StageName
+    from core.chat.stepwise import sampling_steps
+    from ui.chat_view import describe_sampling, stage_title, stages_figure
 
     drawn_from = []
-    original = sampling.RequestSampler.scores
-    monkeypatch.setattr(sampling.RequestSampler, "scores",
-                        lambda self, logits: drawn_from.append(torch.softmax(original(self, logits), -1)[0])
-                        or original(self, logits))
+    draw = sampler.draw
+
+    def recording(c, u):  # what the engine drew from at each step: the kept candidates' probabilities
+        drawn_from.append(torch.zeros(len(tok)).scatter(0, c.ids[0], torch.softmax(c.scores[0], -1)))
+        return draw(c, u)
+
+    monkeypatch.setattr(sampler, "draw", recording)
     session = ChatSession(str(tiny_lm_dirs["llama"]))
+    tok = AutoTokenizer.from_pretrained(tiny_lm_dirs["llama"])
     settings = SamplingSettings(temperature=0.8, top_k=20, top_p=0.9, min_p=0.02, repetition_penalty=1.3,
                                 max_new_tokens=6, seed=11)
     list(session.reply(services.chat, "Tell me a story", settings))
     steps = sampling_steps(services.chat, session, 4)
-    names = [stage.name for stage in steps.stages]
-    assert names == ["raw model output", "after repetition penalty 1.3", "after temperature 0.8", "after top-k 20",
-                     "after top-p 0.9", "after min-p 0.02"]
+    assert [stage.name for stage in steps.stages] == list(StageName)
+    assert [stage_title(s).split(" · ")[0] for s in steps.stages] == [
+        "raw model output", "after repetition penalty 1.3", "after temperature 0.8", "after top-k 20",
+        "after top-p 0.9", "after min-p 0.02"]
     last, engine = steps.stages[-1], drawn_from[3]
-    assert torch.allclose(torch.tensor(last.probs), engine[list(last.token_ids)], atol=1e-4)
+    assert torch.allclose(torch.tensor(last.probs), engine[list(last.token_ids)], atol=1e-6)
     assert last.candidates == int((engine > 0).sum()) <= 20
-    assert steps.drawn == session.exchanges[-1].reply.steps[3].token_id and "Step 4" in steps.describe()
+    assert steps.drawn == session.exchanges[-1].reply.steps[3].token_id and "Step 4" in describe_sampling(steps)
     assert len(stages_figure(steps).data) == 6
     with pytest.raises(InputError, match="between 1 and 6"):
         sampling_steps(services.chat, session, 7)
@@ -392,7 +422,8 @@ def test_a_greedy_comparison_with_itself_never_diverges(services, tiny_lm_dirs, 
 
 
 def test_a_conversation_exports_and_restores_with_its_settings_and_branches(services, tiny_lm_dirs, no_eos):
-    from core.chat.transcript import from_json, to_json, to_markdown
+    from core.chat.transcript import from_json, to_json
+    from ui.chat_view import conversation_markdown as to_markdown
 
     session = ChatSession(str(tiny_lm_dirs["llama"]))
     settings = SamplingSettings(temperature=0.9, max_new_tokens=6, seed=21)

@@ -18,6 +18,7 @@ def load(client: Client, folder) -> str:
 
 
 def test_load_a_folder_then_chat_through_the_api(client, tiny_lm_dirs):
+    client.predict(api_name="/chat_clear")  # the client is shared: start from an empty conversation
     assert "✅" in load(client, tiny_lm_dirs["llama"]) and "chat template" in load(client, tiny_lm_dirs["llama"])
     chatbot, box, status, tokens, prompt, info, _version = client.predict(message="Hello there", temperature=0,
                                                                           max_new_tokens=6, api_name="/chat_send")

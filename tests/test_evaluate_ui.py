@@ -68,7 +68,7 @@ def test_a_team_task_scores_offline_with_per_item_results_and_export(client, tin
 def test_scoring_a_team_task_in_the_browser(page, screenshot_dir):
     tab = open_tab(page, "evaluate")
     tab.get_by_role("tab", name="Multiple choice").click()
-    tab.get_by_role("checkbox", name="fp32").check()  # the default model as Chat serves it, and at fp32
+    tab.get_by_role("checkbox", name="fp32", exact=True).check()  # the default model as Chat serves it, and at fp32
     tab.get_by_role("button", name="Score the task").click()
     tab.get_by_text("Done").first.wait_for(timeout=300_000)
     tab.locator(".js-plotly-plot").first.wait_for()

@@ -122,11 +122,12 @@ def test_an_api_key_is_required_when_set(app_url, services, tiny_llama, monkeypa
     assert tiny_llama in {m.id for m in api(app_url, api_key="s3cret").models.list()}
 
 
-def test_eight_api_clients_and_a_browser_user_at_once(app_url, tiny_llama):
+def test_eight_api_clients_and_a_browser_user_at_once(app_url, services, tiny_llama, monkeypatch):
     from gradio_client import Client
 
     browser_user = Client(app_url, verbose=False)
     browser_user.predict(model_id=tiny_llama, allow_remote_code=False, api_name="/chat_load_model")
+    monkeypatch.setattr(services.chat.ready(tiny_llama).engine, "eos_ids", set())  # a random model: no early end
     chat = browser_user.submit(message="Hello from the page", temperature=0.7, max_new_tokens=30, seed=1,
                                api_name="/chat_send")
 
@@ -202,3 +203,12 @@ def test_chat_through_a_remote_server_with_token_view_and_stop(client, second_ap
         time.sleep(0.05)
     assert other.chat.ready(model).engine.load() == (0, 0)  # the closed stream freed the remote request
     client.predict(model_id=model, allow_remote_code=False, api_name="/chat_load_model")  # back to a local model
+
+
+def test_the_api_answers_from_the_moment_the_port_accepts_connections():
+    """A client that arrives as soon as the server listens finds /v1 (the routes are in place before it starts)."""
+    from bench.load_tools import launched_app
+
+    with launched_app("--tabs", "chat", poll_s=0.005) as (url, _memory):
+        listed = httpx.get(url + "v1/models", timeout=10)
+    assert listed.status_code == 200 and DEFAULT_CHAT_MODEL in {m["id"] for m in listed.json()["data"]}

@@ -16,6 +16,7 @@ import pytest
 
 from core.chat.remote import RemoteServer, check_server
 from core.chat.sampling import SamplingSettings
+from core.chat.types import FinishReason
 from core.chat.session import ChatSession
 from core.models.offline import offline_folder
 from core.models.registry import DEFAULT_CHAT_MODEL
@@ -80,7 +81,7 @@ def test_streaming_stop_retry_and_the_missing_logprobs_notice(transformers_serve
     next(stream)
     session.stop()
     last = list(stream)[-1]
-    assert last.done and last.stats[-1].finish == "stopped by user" and last.stats[-1].tokens < 400
+    assert last.done and last.stats[-1].finish is FinishReason.STOPPED and last.stats[-1].tokens < 400
 
 
 def test_the_chat_tab_says_what_it_found_and_shows_the_notice(client, transformers_server, tiny_lm_dirs):

@@ -3,12 +3,15 @@ choice between runtimes by measured quality, and the fallbacks when the fast pat
 from __future__ import annotations
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.chat import serving
 from core.chat.backends import OnnxBackend
-from core.chat.engine import LENGTH, ChatEngine
+from core.chat.engine import ChatEngine
+from core.chat.types import FinishReason
 from core.chat.sampling import SamplingSettings
+from core.chat.faithful import check_questions
 from core.chat.serving import ONNX, ChatRuntimes, torch_engine
 from core.models import onnx_runtime
 from core.models.manager import ModelManager
@@ -43,7 +46,7 @@ def test_onnx_export_replies_like_pytorch_alone_and_batched(home, tiny_lm_dirs, 
     together = [onnx.submit(ids, GREEDY) for ids in prompts]
     for ids, a, b in zip(prompts, alone, [r.result() for r in together]):
         assert a.text == reference.submit(ids, GREEDY).result().text  # same logits: fp32 export, same model
-        assert b.text == a.text and b.stats.finish == LENGTH
+        assert b.text == a.text and b.stats.finish is FinishReason.LENGTH
         assert len(b.steps) == 10 and all(0 < s.prob <= 1 and len(s.alt_ids) == 5 for s in b.steps)
     assert max(r.result().stats.batch for r in together) > 1
     assert onnx.backend.full_logits(prompts[0]).shape == (len(prompts[0]), len(tok))
@@ -51,12 +54,45 @@ def test_onnx_export_replies_like_pytorch_alone_and_batched(home, tiny_lm_dirs, 
 
 def test_the_runtime_is_chosen_by_measured_quality(home, tiny_lm_dirs, monkeypatch):
     monkeypatch.setattr(serving, "ONNX_CANDIDATES", ("fp32",))  # an export that certainly keeps quality
+    monkeypatch.setattr(serving, "native_bf16", lambda: False)
     served = ChatRuntimes(ModelManager(offline=True), prefer=ONNX).serve(str(tiny_lm_dirs["llama"]))
     assert served.backend.runtime == "ONNX Runtime" and served.backend.precision == "fp32"
     assert served.quality.agreement == 1.0 and served.quality.perplexity == pytest.approx(
         served.quality.fp32_perplexity, rel=1e-3) and served.quality.decode_tok_s > 0
+    check = served.quality.generation
+    assert check.passed and check.identical == check.asked == 2 * len(check_questions())  # an exact export
+    assert served.ort_settings in serving.ORT_SETTINGS and served.quality.batch_tok_s > 0
     reply = served.engine.submit(served.tokenizer("Hi")["input_ids"], GREEDY).result()
     assert reply.done and reply.steps
+
+
+def test_the_generation_check_rejects_a_variant_that_garbles_answers(tiny_lm_dirs, monkeypatch):
+    """Teacher-forced checks are set to pass anything here, so the generation check alone decides."""
+    from core.chat import faithful
+    from core.chat.backends import TorchBackend
+    from core.chat.faithful import CheckQuestion, Reference, greedy_replies
+
+    folder = tiny_lm_dirs["llama"]
+    tok = AutoTokenizer.from_pretrained(folder)
+    models = {name: AutoModelForCausalLM.from_pretrained(folder).eval() for name in ("fp32", "same", "damaged")}
+    with torch.no_grad():
+        models["damaged"].lm_head.weight.add_(torch.randn_like(models["damaged"].lm_head.weight) * 0.5)
+    backends = {name: TorchBackend(m, "fp32", "cpu", 256) for name, m in models.items()}
+    eos = serving.eos_ids(models["fp32"], tok)
+    asked = [CheckQuestion(q, ("-",)) for q in PROMPTS]
+    said = greedy_replies(backends["fp32"], tok, eos, True, asked)
+    # the "right" answers are fp32's own first words, so fp32 answers every question right
+    questions = [CheckQuestion(q, tuple(r.split()[0] for r in said[2 * i:2 * i + 2] if r.split()))
+                 for i, q in enumerate(PROMPTS)]
+    monkeypatch.setattr(faithful, "check_questions", lambda split="choose": questions)
+    monkeypatch.setattr(faithful, "MIN_AGREEMENT", 0.0)
+    monkeypatch.setattr(faithful, "MAX_PERPLEXITY_RATIO", float("inf"))
+    reference = Reference.of(backends["fp32"], tok, eos, True)
+    same = reference.measure(backends["same"], tok, eos, True)
+    damaged = reference.measure(backends["damaged"], tok, eos, True)
+    assert same.kept and same.generation.identical == same.generation.asked
+    assert damaged.teacher_forced_ok and not damaged.generation.passed and not damaged.kept
+    assert damaged.generation.kept < damaged.generation.fp32_right == same.generation.fp32_right > 0
 
 
 def test_without_the_runtime_or_when_the_export_fails_pytorch_serves_and_says_why(home, tiny_lm_dirs, monkeypatch):

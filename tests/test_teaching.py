@@ -8,7 +8,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from core.chat.sampling import SamplingSettings
-from core.chat.tokenizer_view import render_html, tokenize
+from core.chat.tokenizer_view import tokenize
+from ui.chat_view import tokenizer_html as render_html
 from core.common.errors import InputError
 from core.lessons.links import from_query, library, share_link
 from core.models.packaged import minilm_folder
@@ -54,7 +55,8 @@ def test_smollm2_is_byte_level_bpe_with_a_chat_template(services):
 
 def test_lessons_ship_with_notes_and_links_are_data_checked():
     lessons = library()
-    assert set(lessons) == {"temperature", "top-p", "tokenization", "attention", "bias"}
+    assert set(lessons) == {"temperature", "top-p", "tokenization", "attention", "bias", "logit-lens", "patching",
+                            "contrast"}
     for name, lesson in lessons.items():
         assert lesson.title and lesson.notes.count(". ") + lesson.notes.count("? ") >= 1 and not lesson.messages, name
     opened = from_query({"lesson": "temperature", "seed": "9"})

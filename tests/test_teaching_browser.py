@@ -51,7 +51,7 @@ def test_clicking_an_alternative_token_branches_the_reply(page, screenshot_dir):
     assert tab.get_by_text(".md", exact=False).count() >= 1  # both files are offered for download
     tab.get_by_role("tab", name="Sampling").click()
     tab.get_by_role("button", name="Show the stages").click()
-    tab.get_by_text("Step 1:", exact=False).wait_for(timeout=60_000)
+    tab.get_by_text("Step 1: after", exact=False).wait_for(timeout=60_000)
     tab.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
     page.wait_for_timeout(1000)
     page.screenshot(path=str(screenshot_dir / "chat_sampling_steps.png"), full_page=True)

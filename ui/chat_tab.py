@@ -10,14 +10,13 @@ from pathlib import Path
 
 import gradio as gr
 
-from core.chat.engine import ReplyStats
 from core.chat.prompting import CHAT_TEMPLATE, DEFAULT_SYSTEM_PROMPT, Turn
 from core.chat.remote import RemoteServer
 from core.chat.sampling import SamplingSettings
 from core.chat.serving import ServedModel
 from core.chat.session import ChatSession, ChatUpdate, EmptyMessageError
-from core.chat.token_view import BRANCH_JS, render_html
-from core.chat.transcript import from_json, to_json, to_markdown
+from core.chat.transcript import from_json, to_json
+from core.chat.types import ReplyStats, WaitingInfo
 from core.common.errors import InputError, PlaygroundError
 from core.common.uploads import read_text_file
 from core.models.device import on_gpu
@@ -25,18 +24,28 @@ from core.models.precision import MIN_AGREEMENT, TURN_NEW_TOKENS, TURN_PROMPT_TO
 from core.models.registry import CAUSAL_LM
 from core.services import Services
 from ui import chat_teaching
+from ui.chat_view import (
+    BRANCH_JS,
+    conversation_markdown,
+    describe_candidate,
+    describe_ort_settings,
+    describe_quality,
+    describe_stats,
+    describe_waiting,
+    token_view_html,
+)
 from ui.components import STOP, model_picker, progress_callback
 
 SETTING_NAMES = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "max_new_tokens", "seed")
 
 
-def chat_messages(turns: list[Turn], stats: list[ReplyStats | None], waiting: str = "") -> list[dict]:
+def chat_messages(turns: list[Turn], stats: list[ReplyStats | None], waiting: WaitingInfo | None = None) -> list[dict]:
     """Chatbot messages, each reply followed by its tokens, tokens/s and time to first token; a reply still waiting
     in line shows its place instead."""
     messages = []
     for turn, stat in zip(turns, stats):
-        line = f"\n\n<sub>{stat.describe()}</sub>" if stat and stat.finish else ""
-        empty = f"⏳ *{waiting}*" if waiting else "…" if stat and not stat.finish else "*(no text)*"
+        line = f"\n\n<sub>{describe_stats(stat)}</sub>" if stat and stat.finish else ""
+        empty = f"⏳ *{describe_waiting(waiting)}*" if waiting else "…" if stat and not stat.finish else "*(no text)*"
         messages += [{"role": "user", "content": turn.user},
                      {"role": "assistant", "content": (turn.reply or empty) + line}]
     return messages
@@ -51,11 +60,13 @@ def model_summary(served: ServedModel | RemoteServer) -> str:
     prompt_format = CHAT_TEMPLATE if served.is_chat else "plain continuation (base model: see the prompt below)"
     lines = [f"✅ **{served.model_id}** · {served.family} · **{served.backend.describe()}** · prompt: {prompt_format}"]
     if served.quality is not None:
-        lines.append(f"Quality: {served.quality.describe()}.")
+        lines.append(f"Quality: {describe_quality(served.quality)}.")
     details = []
     if served.measured:
-        details.append("ONNX exports measured: " + "; ".join(f"{p}: {q.describe()}, {q.decode_tok_s:.0f} tok/s"
-                                                            for p, q in served.measured.items()))
+        details.append("Candidates checked against fp32, fastest first: "
+                       + "; ".join(describe_candidate(p, q) for p, q in served.measured.items()) + ".")
+    if served.ort_settings is not None:
+        details.append(describe_ort_settings(served.ort_settings) + ".")
     if served.loaded is not None and served.loaded.precision_measured:
         measured = ", ".join(f"{p} {m.prefill_s:.2f} s prompt + {m.token_s * 1000:.0f} ms/token ({m.agreement:.0%} "
                              "same predictions)" for p, m in served.loaded.precision_measured.items())
@@ -80,9 +91,9 @@ def version_label(session: ChatSession) -> str:
 
 def token_view(session: ChatSession) -> str:
     if not session.exchanges:
-        return render_html([])
+        return token_view_html([])
     reply = session.exchanges[-1].reply
-    return render_html(reply.tokens, reply.steps or None)
+    return token_view_html(reply.tokens, reply.steps or None)
 
 
 class ChatHandlers:
@@ -169,8 +180,9 @@ class ChatHandlers:
         """While streaming only the conversation (and the status when it changes) is sent: every update of every
         user costs the server the same work, so what does not change stays out of it."""
         stats = update.stats[-1] if update.stats else None
-        status = "\n\n".join([f"⚠️ {n}" for n in update.notices] + ([f"⏳ {update.waiting}"] if update.waiting else [])
-                             + ([f"**Last reply:** {stats.describe()}"] if stats and update.done else []))
+        status = "\n\n".join([f"⚠️ {n}" for n in update.notices]
+                             + ([f"⏳ {describe_waiting(update.waiting)}"] if update.waiting else [])
+                             + ([f"**Last reply:** {describe_stats(stats)}"] if stats and update.done else []))
         once = first or update.done
         return (chat_messages(update.turns, update.stats, update.waiting), "" if once else gr.skip(),
                 status if once or update.waiting else gr.skip(), token_view(session) if update.done else gr.skip(),
@@ -194,7 +206,7 @@ class ChatHandlers:
     @staticmethod
     def clear(session: ChatSession):
         session.clear()
-        return [], "", render_html([]), "", ""
+        return [], "", token_view_html([]), "", ""
 
     # ---- files -------------------------------------------------------------------------------------------------
     def export(self, session: ChatSession, with_tokens: bool):
@@ -207,7 +219,7 @@ class ChatHandlers:
             served = session.served(self.services.chat)
             model = {"id": served.model_id, "runtime": served.backend.runtime, "precision": served.backend.precision}
         folder = Path(tempfile.mkdtemp(prefix="llmpg-chat-"))
-        (folder / "conversation.md").write_text(to_markdown(session, model["id"]), encoding="utf-8")
+        (folder / "conversation.md").write_text(conversation_markdown(session, model["id"]), encoding="utf-8")
         (folder / "conversation.json").write_text(to_json(session, model, bool(with_tokens)), encoding="utf-8")
         return str(folder / "conversation.md"), str(folder / "conversation.json")
 
@@ -301,7 +313,7 @@ def conversation(c: dict) -> None:
     c["version"] = gr.Markdown(elem_id="chat-version")
     c["status"] = gr.Markdown(elem_id="chat-status")
     with gr.Accordion("Token view: how likely was each token? (tap a token for its alternatives)", open=True):
-        c["token_view"] = gr.HTML(render_html([]), js_on_load=BRANCH_JS, elem_id="chat-token-view")
+        c["token_view"] = gr.HTML(token_view_html([]), js_on_load=BRANCH_JS, elem_id="chat-token-view")
     with gr.Row(visible=False):  # the API's way to branch: step and token id by value
         c["branch_step"] = gr.Number(precision=0, label="Step")
         c["branch_token"] = gr.Number(precision=0, label="Token id")

@@ -10,13 +10,13 @@ from core.chat.compare import CompareUpdate, Divergence, Side, compare
 from core.chat.sampling import SamplingSettings
 from core.chat.serving import PRECISION_CHOICES
 from core.chat.session import ChatSession
-from core.chat.stepwise import sampling_steps, stages_figure
-from core.chat.token_view import TokenInfo, render_html
-from core.chat.tokenizer_view import render_html as tokens_html
+from core.chat.stepwise import sampling_steps
+from core.chat.token_view import TokenInfo
 from core.chat.tokenizer_view import tokenize
 from core.common.errors import PlaygroundError, check_number
 from core.common.stopping import RunControl
 from core.models.registry import CAUSAL_LM, OFFLINE_ENCODER
+from ui.chat_view import describe_sampling, describe_stats, stages_figure, token_view_html, tokenizer_html
 from ui.components import STOP, model_picker, progress_callback, stop_run
 
 COMPARE_EXAMPLE = "Write one sentence about the sea."
@@ -60,12 +60,12 @@ class TeachingHandlers:
 
     @staticmethod
     def _view(update: CompareUpdate, sides: list[Side]):
-        texts = [f"{chunk.text}\n\n<sub>{chunk.stats.describe()} · {served.backend.describe()}</sub>"
+        texts = [f"{chunk.text}\n\n<sub>{describe_stats(chunk.stats)} · {served.backend.describe()}</sub>"
                  for chunk, served in zip((update.a, update.b), update.served)]
         if not update.done:
             return *texts, gr.skip(), gr.skip(), gr.skip(), "Both replies are streaming…"
         same = sides[0] == sides[1] and sides[0].settings.greedy
-        return (*texts, render_html(update.tokens[0]), render_html(update.tokens[1]),
+        return (*texts, token_view_html(update.tokens[0]), token_view_html(update.tokens[1]),
                 divergence_html(update.divergence, same), "Done.")
 
     def sampling(self, session: ChatSession, step):
@@ -74,7 +74,7 @@ class TeachingHandlers:
             steps = sampling_steps(self.services.chat, session, check_number("Step", step, 1, None, integer=True))
         except PlaygroundError as err:
             return None, f"⚠️ {err}"
-        return stages_figure(steps), steps.describe()
+        return stages_figure(steps), describe_sampling(steps)
 
     def tokenize(self, text, model_a, model_b):
         outputs = []
@@ -84,7 +84,7 @@ class TeachingHandlers:
                 continue
             try:
                 tokenizer = self.services.manager.tokenizer(model_id)
-                outputs.append(tokens_html(tokenize(tokenizer, text, model_id)))
+                outputs.append(tokenizer_html(tokenize(tokenizer, text, model_id)))
             except PlaygroundError as err:
                 outputs.append(f"<p>⚠️ {html.escape(str(err))}</p>")
         return tuple(outputs)
@@ -119,7 +119,7 @@ def build(shell, c: dict) -> None:
             for side in ("a", "b"):
                 with gr.Column(min_width=260):
                     c[f"compare_reply_{side}"] = gr.Markdown(label=f"Reply {side.upper()}", container=True)
-                    c[f"compare_tokens_{side}"] = gr.HTML(render_html([]))
+                    c[f"compare_tokens_{side}"] = gr.HTML(token_view_html([]))
         c["compare_divergence"] = gr.HTML()
     with gr.Tab("Sampling", id="sampling"):
         gr.Markdown("Pick a token of the conversation's last reply (from a model on this machine) to see how the "

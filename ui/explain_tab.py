@@ -1,4 +1,5 @@
-"""Explain tab: attention maps (one head, head average, rollout, all layers x heads) and SHAP token attributions."""
+"""Explain tab: attention maps (one head, head average, rollout, all layers x heads), SHAP token attributions, and
+(ui.explain_inside) the logit lens, activation patching and contrastive attribution of a language model."""
 from __future__ import annotations
 
 import gradio as gr
@@ -15,6 +16,7 @@ from core.explain.attention import (
     overview_figure,
     view_figure,
 )
+from core.explain.examples import EXAMPLES
 from core.explain.methods import MAX_TOKENS_LIMIT, AttributionRequest, attribute
 from core.explain.shap_attribution import (
     DEFAULT_MAX_EVALS,
@@ -25,6 +27,7 @@ from core.explain.shap_attribution import (
 )
 from core.models.device import on_gpu
 from core.models.registry import CAUSAL_LM, TEXT_CLASSIFICATION, presets
+from ui import explain_inside
 from ui.components import HEAVY, STOP, failure_message, model_picker, progress_callback, refresh_picker, stop_run
 
 EXAMPLE_TEXT = "The acting was wonderful and the music moving, but the plot was predictable and far too long."
@@ -117,54 +120,62 @@ class ExplainHandlers:
 def build_tab(shell) -> dict[str, gr.Component]:
     services = shell.services
     handlers = ExplainHandlers(services)
-    gr.Markdown("See inside a classifier or a language model: where its attention goes, and which words drove its "
-                "output. Works with the presets, any Hugging Face id or local folder, and models saved by Fine-tune.")
+    c: dict[str, gr.Component] = {}
+    gr.Markdown("See inside a classifier or a language model: where its attention goes, which words drove its output, "
+                "what it would predict after each layer and which internal states carry the answer. Works with the "
+                "presets, any Hugging Face id or local folder, and models saved by Fine-tune.")
     with gr.Row():
-        model = model_picker(services, *EXPLAIN_TASKS, value=default_model(services))
+        c["model"] = model_picker(services, *EXPLAIN_TASKS, value=default_model(services))
         refresh = gr.Button("↻ Refresh models", scale=0)
-    text = gr.Textbox(label="Text (for a language model: the prompt)", value=EXAMPLE_TEXT, lines=2)
-    max_tokens = gr.Slider(8, 128, value=DEFAULT_MAX_TOKENS, step=1, label="Max tokens",
-                           info="Longer text is cut at this many tokens (special tokens included), with a notice")
-    with gr.Tabs():
+    with gr.Row():
+        c["text"] = gr.Textbox(label="Text (for a language model: the prompt)", value=EXAMPLE_TEXT, lines=2, scale=3)
+        c["example"] = gr.Dropdown([(e.title, name) for name, e in EXAMPLES.items()], value=None, label="Example pair",
+                                   info="Fills the prompt and the lens, patching and contrast views", scale=1)
+    c["max_tokens"] = gr.Slider(8, 128, value=DEFAULT_MAX_TOKENS, step=1, label="Max tokens",
+                                info="Attention and SHAP: longer text is cut at this many tokens (special tokens "
+                                     "included), with a notice")
+    with gr.Tabs() as c["views"]:
         with gr.Tab("Attention", id="explain_attention_view"):
             gr.Markdown(MECHANISM_NOTE)
             with gr.Row():
-                view = gr.Radio(list(VIEWS), value=VIEWS[0], label="View",
-                                info="Rollout (Abnar & Zuidema): attention flow through all layers, residual included")
-                layer = gr.Slider(0, 11, value=0, step=1, label="Layer")
-                head = gr.Slider(0, 11, value=0, step=1, label="Head")
-            show = gr.Button("Show attention", variant="primary")
-            attention_status = gr.Markdown()
-            heatmap = gr.Plot(label="Attention (hover a cell for the exact weight)")
-            overview = gr.Plot(label="Overview: every layer x head")
+                c["view"] = gr.Radio(list(VIEWS), value=VIEWS[0], label="View",
+                                     info="Rollout (Abnar & Zuidema): attention flow through all layers, residual included")
+                c["layer"] = gr.Slider(0, 11, value=0, step=1, label="Layer")
+                c["head"] = gr.Slider(0, 11, value=0, step=1, label="Head")
+            c["show"] = gr.Button("Show attention", variant="primary")
+            c["attention_status"] = gr.Markdown()
+            c["heatmap"] = gr.Plot(label="Attention (hover a cell for the exact weight)")
+            c["overview"] = gr.Plot(label="Overview: every layer x head")
         with gr.Tab("SHAP attributions", id="explain_shap_view"):
             gr.Markdown(SHAP_NOTE)
             with gr.Row():
-                continuation = gr.Textbox(label="Continuation to explain (language models)", scale=2,
-                                          placeholder="empty: the model's own next token",
-                                          info="Scored after the prompt; a space is put between them unless one has it")
-                budget = gr.Slider(20, 2000, value=DEFAULT_MAX_EVALS, step=10, label="Budget (max model evaluations)",
-                                   info=f"shap's own default is {SHAP_DEFAULT_MAX_EVALS}; more = finer detail, slower")
+                c["continuation"] = gr.Textbox(label="Continuation to explain (language models)", scale=2,
+                                               placeholder="empty: the model's own next token",
+                                               info="Scored after the prompt; a space is put between them unless one has it")
+                c["budget"] = gr.Slider(20, 2000, value=DEFAULT_MAX_EVALS, step=10, label="Budget (max model evaluations)",
+                                        info=f"shap's own default is {SHAP_DEFAULT_MAX_EVALS}; more = finer detail, slower")
             with gr.Row():
-                explain = gr.Button("Explain with SHAP", variant="primary")
-                stop = gr.Button("Stop", variant="stop", scale=0)
-            shap_status = gr.Markdown()
-            output = gr.Dropdown(label="Output to show (class, or continuation token)", choices=[], interactive=True)
-            coloured = gr.HTML()
-            bars = gr.Plot(label="Strongest tokens")
+                c["explain"] = gr.Button("Explain with SHAP", variant="primary")
+                c["stop"] = gr.Button("Stop", variant="stop", scale=0)
+            c["shap_status"] = gr.Markdown()
+            c["output"] = gr.Dropdown(label="Output to show (class, or continuation token)", choices=[], interactive=True)
+            c["coloured"] = gr.HTML()
+            c["bars"] = gr.Plot(label="Strongest tokens")
+        explain_inside.build(c)
     maps_state, attribution_state, control = gr.State(), gr.State(), gr.State(RunControl())
 
-    refresh.click(refresh_picker(services, *EXPLAIN_TASKS), None, model, api_name="explain_refresh_models")
-    show.click(handlers.attention, [model, text, max_tokens, view, layer, head],
-               [maps_state, attention_status, heatmap, overview, layer, head], api_name="explain_attention")
-    for widget, name in ((view, "view"), (layer, "layer"), (head, "head")):
-        widget.input(handlers.attention_view, [maps_state, view, layer, head], heatmap,
+    refresh.click(refresh_picker(services, *EXPLAIN_TASKS), None, c["model"], api_name="explain_refresh_models")
+    c["show"].click(handlers.attention, [c[k] for k in ("model", "text", "max_tokens", "view", "layer", "head")],
+                    [maps_state, c["attention_status"], c["heatmap"], c["overview"], c["layer"], c["head"]],
+                    api_name="explain_attention")
+    for name in ("view", "layer", "head"):
+        c[name].input(handlers.attention_view, [maps_state, c["view"], c["layer"], c["head"]], c["heatmap"],
                       api_name=f"explain_attention_{name}")
-    explain.click(handlers.shap, [control, model, text, continuation, budget, max_tokens],
-                  [attribution_state, shap_status, output, coloured, bars], api_name="explain_shap", **HEAVY)
-    output.input(handlers.shap_view, [attribution_state, output], [coloured, bars], api_name="explain_shap_output")
-    stop.click(handlers.stop, control, shap_status, api_name="explain_stop", **STOP)
-    return {"model": model, "text": text, "max_tokens": max_tokens, "view": view, "layer": layer, "head": head,
-            "show": show, "heatmap": heatmap, "overview": overview, "continuation": continuation, "budget": budget,
-            "explain": explain, "stop": stop, "output": output, "coloured": coloured, "bars": bars,
-            "attention_status": attention_status, "shap_status": shap_status}
+    c["explain"].click(handlers.shap, [control, *(c[k] for k in ("model", "text", "continuation", "budget", "max_tokens"))],
+                       [attribution_state, c["shap_status"], c["output"], c["coloured"], c["bars"]],
+                       api_name="explain_shap", **HEAVY)
+    c["output"].input(handlers.shap_view, [attribution_state, c["output"]], [c["coloured"], c["bars"]],
+                      api_name="explain_shap_output")
+    c["stop"].click(handlers.stop, control, c["shap_status"], api_name="explain_stop", **STOP)
+    explain_inside.wire(services, c, control, handlers.stop)
+    return c

@@ -8,7 +8,9 @@ from dataclasses import asdict
 import gradio as gr
 
 from core.chat.sampling import SamplingSettings
+from core.explain.examples import DEFAULT_EXAMPLE
 from core.lessons.links import SETTINGS, Lesson, from_query, library, share_link
+from ui.explain_inside import example_values
 
 # Where a lesson's prompt goes, by lesson tab.
 PROMPT_TARGET = {"chat": "message", "sampling": "message", "compare": "compare_prompt", "tokenizer": "tokenizer_text"}
@@ -29,7 +31,8 @@ def lesson_updates(shell, lesson: Lesson | None) -> dict:
     chat = shell.components.get("chat", {})
     updates = {shell.tabs: gr.Tabs(selected=lesson.top_tab)} if lesson.top_tab in shell.components else {}
     if chat:
-        updates[chat["views"]] = gr.Tabs(selected=lesson.sub_tab or "conversation")
+        updates[chat["views"]] = gr.Tabs(selected=lesson.sub_tab if lesson.top_tab == "chat" and lesson.sub_tab
+                                         else "conversation")
         updates[chat["lesson"]] = gr.update(value=notes_markdown(lesson), visible=True)
         settings = asdict(lesson.settings)
         for name in SETTINGS:
@@ -46,7 +49,10 @@ def lesson_updates(shell, lesson: Lesson | None) -> dict:
         if settings["seed"] is not None:  # a comparison of settings draws with the same seed on both sides
             updates[chat["compare_seed_a"]] = updates[chat["compare_seed_b"]] = settings["seed"]
     explain = shell.components.get("explain", {})
-    if explain and lesson.tab == "explain":
+    if explain and lesson.top_tab == "explain":
+        updates[explain["views"]] = gr.Tabs(selected=lesson.sub_tab or "explain_attention_view")
+        if lesson.example:
+            updates |= example_values(explain, lesson.example)
         if lesson.model:
             updates[explain["model"]] = lesson.model
         if lesson.prompt:
@@ -62,8 +68,10 @@ def wire(shell, demo: gr.Blocks, picker: gr.Dropdown, open_button: gr.Button) ->
     chat_keys = ("views", "lesson", "system", "model", "compare_model_a", "compare_model_b", "tokenizer_a",
                  "compare_temperature_a", "compare_seed_a", "compare_seed_b", *SETTINGS, *PROMPT_TARGET.values())
     targets = [shell.tabs, *dict.fromkeys(chat[k] for k in chat_keys if k in chat)]
-    targets += [shell.components[t][k] for t, k in (("explain", "model"), ("explain", "text"), ("bias", "lm"))
+    targets += [shell.components[t][k] for t, k in (("explain", "model"), ("explain", "views"), ("bias", "lm"))
                 if t in shell.components]
+    if "explain" in shell.components:  # an example pair fills the prompt and the lens, patching and contrast fields
+        targets += list(example_values(shell.components["explain"], DEFAULT_EXAMPLE))
 
     def on_load(request: gr.Request):
         return lesson_updates(shell, from_query(dict(request.query_params))) or [gr.skip()] * len(targets)

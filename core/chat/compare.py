@@ -10,10 +10,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from core.chat.engine import STREAM_INTERVAL_S, ReplyChunk
 from core.chat.prompting import DEFAULT_SYSTEM_PROMPT, build_prompt
 from core.chat.sampling import SamplingSettings
 from core.chat.serving import AUTO, ChatRuntimes, ServedModel
+from core.chat.stream import STREAM_INTERVAL_S, ReplyChunk
 from core.chat.token_view import TokenInfo, describe_steps
 from core.common.errors import InputError
 from core.common.stopping import StopFlag
@@ -65,9 +65,11 @@ def compare(runtimes: ChatRuntimes, message: str, a: Side, b: Side, stop: StopFl
         prompt = build_prompt(model.tokenizer, [], message, use_template=model.is_chat, system=system,
                               context=model.context, max_new_tokens=side.settings.max_new_tokens)
         requests.append(model.engine.submit(prompt.input_ids, side.settings, stop, prompt.stop_strings))
-    while not all(r.done.is_set() for r in requests):
-        yield CompareUpdate(*(r.snapshot() for r in requests), served)
+    chunks = [r.snapshot() for r in requests]
+    while not all(c.done for c in chunks):
+        yield CompareUpdate(*chunks, served)
         time.sleep(STREAM_INTERVAL_S * 2)
-    final = [r.snapshot() for r in requests]
+        chunks = [r.snapshot() for r in requests]
+    final = chunks
     tokens = tuple(describe_steps(model.tokenizer, chunk.steps) for model, chunk in zip(served, final))
     yield CompareUpdate(*final, served, first_divergence(*tokens), tokens, done=True)

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field, replace
 from itertools import accumulate
 from typing import Any
 
-from core.chat.engine import END_OF_TEXT, LENGTH, STOP_STRING, ReplyChunk
 from core.chat.prompting import Turn
 from core.chat.sampling import SETTING_RANGES, SamplingSettings
+from core.chat.stream import ReplyChunk
 from core.chat.token_view import TOP_K, TokenStep
+from core.chat.types import FinishReason
 from core.common.errors import InputError
 
 MAX_STOP_STRINGS = 4
@@ -261,11 +262,9 @@ def tokenizer_info(tokenizer) -> dict:
 
 
 # ---- responses -----------------------------------------------------------------------------------------------------
-FINISH = {END_OF_TEXT: "stop", STOP_STRING: "stop", LENGTH: "length"}
-
-
 def finish_reason(chunk: ReplyChunk) -> str:
-    return FINISH.get(chunk.stats.finish, "stop")
+    """OpenAI's words: "length" when the token limit ended the reply, else "stop"."""
+    return "length" if chunk.stats.finish is FinishReason.LENGTH else "stop"
 
 
 def _logprob(p: float) -> float:

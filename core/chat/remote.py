@@ -16,15 +16,16 @@ from urllib.parse import urlparse
 
 import httpx
 
-from core.chat.engine import END_OF_TEXT, LENGTH, STOPPED, ReplyChunk, ReplyStats
 from core.chat.prompting import Turn
 from core.chat.sampling import SamplingSettings
+from core.chat.stream import ReplyChunk
 from core.chat.token_view import TOP_K, TokenChoice, TokenInfo
+from core.chat.types import FinishReason, ReplyStats
 from core.common.errors import InputError, PlaygroundError
 from core.common.stopping import StopFlag
 
 CONNECT_TIMEOUT_S, READ_TIMEOUT_S = 5.0, 120.0
-FINISH = {"stop": END_OF_TEXT, "length": LENGTH}
+FINISH = {"stop": FinishReason.END_OF_TEXT, "length": FinishReason.LENGTH}  # OpenAI finish_reason -> ours
 
 
 class RemoteError(PlaygroundError):
@@ -164,7 +165,7 @@ def remote_reply(server: RemoteServer, messages: list[dict], settings: SamplingS
                 raise _fail(server, _error_message(response))
             for line in response.iter_lines():
                 if stop.stopped:
-                    stats.finish = STOPPED
+                    stats.finish = FinishReason.STOPPED
                     break
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
@@ -181,14 +182,14 @@ def remote_reply(server: RemoteServer, messages: list[dict], settings: SamplingS
                     text += piece
                     stats.tokens = len(tokens) or stats.tokens + bool(piece)
                     if choice.get("finish_reason"):
-                        stats.finish = FINISH.get(choice["finish_reason"], choice["finish_reason"])
+                        stats.finish = FINISH.get(choice["finish_reason"], FinishReason.END_OF_TEXT)
                 stats.seconds = time.perf_counter() - start
                 yield ReplyChunk(text, replace(stats)), tokens
     except httpx.HTTPError as err:
         raise _fail(server, f"the connection failed ({type(err).__name__}).") from None
     except (ValueError, KeyError, TypeError, AttributeError):
         raise _fail(server, "its answer is not the OpenAI streaming format.") from None
-    stats.finish = stats.finish or END_OF_TEXT
+    stats.finish = stats.finish or FinishReason.END_OF_TEXT
     now = time.perf_counter()
     stats.seconds = now - start
     if first_at is not None and stats.tokens > 1:

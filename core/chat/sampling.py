@@ -1,27 +1,15 @@
-"""How the next token is chosen from a model's logits: the settings, the processors, and one request's sampler.
+"""Sampling settings as users give them, and the distribution after each stage the engine applies, for teaching.
 
-The processors are transformers' own (repetition penalty, temperature, top-k, top-p, min-p, in the order
-`generate` applies them), so greedy replies equal `generate(do_sample=False)` and a seed gives the same
-reply as `torch.manual_seed(seed)` followed by `generate(do_sample=True)`. Each request samples with its
-own seeded generator, whatever else runs in the same batch, and records what the model believed at each
-step (the token view) from the raw logits before the settings reshape them.
+The engine's own sampler (core/chat/sampler.py) does the work; `stages` runs its stage functions on one row and
+records the distribution after each one, so the Sampling step-through shows exactly what the engine drew from.
 """
 from __future__ import annotations
 
-import random
+import enum
 from dataclasses import dataclass
 
 import torch
-from transformers import (
-    LogitsProcessorList,
-    MinPLogitsWarper,
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
 
-from core.chat.token_view import TOP_K, TokenStep
 from core.common.errors import check_number
 
 # (field, label, low, high, whole number): what SamplingSettings accepts
@@ -53,96 +41,59 @@ class SamplingSettings:
         return self.temperature <= 0
 
 
-def logits_processors(settings: SamplingSettings) -> LogitsProcessorList:
-    """The processors `generate` would build for these settings, in the same order."""
-    processors = LogitsProcessorList()
-    if settings.repetition_penalty != 1.0:
-        processors.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty))
-    if settings.greedy:  # generate applies the warpers below only when sampling
-        return processors
-    if settings.temperature != 1.0:
-        processors.append(TemperatureLogitsWarper(settings.temperature))
-    if settings.top_k:
-        processors.append(TopKLogitsWarper(settings.top_k))
-    if settings.top_p < 1.0:
-        processors.append(TopPLogitsWarper(settings.top_p))
-    if settings.min_p > 0:
-        processors.append(MinPLogitsWarper(settings.min_p))
-    return processors
-
-
-def resolve_seed(seed: int | None) -> int:
-    return seed if seed is not None and seed >= 0 else random.randrange(2**31)
-
-
-def token_step(logits: torch.Tensor, token: int) -> TokenStep:
-    """The model's own (unprocessed) probabilities: what it believed, before sampling settings reshaped them."""
-    probs = torch.softmax(logits.float(), dim=-1)
-    top = probs.topk(TOP_K)
-    return TokenStep(token, float(probs[token]), tuple(top.indices.tolist()), tuple(top.values.tolist()))
-
-
-class RequestSampler:
-    """One request's token choice: its processors, its history of ids (for the repetition penalty), its seed."""
-
-    def __init__(self, settings: SamplingSettings, prompt_ids: list[int]):
-        self.settings = settings
-        self.processors = logits_processors(settings)
-        self.seed = None if settings.greedy else resolve_seed(settings.seed)
-        self.generator = None if settings.greedy else torch.Generator().manual_seed(self.seed)
-        self.ids = torch.tensor([prompt_ids], dtype=torch.long)
-
-    def scores(self, logits: torch.Tensor) -> torch.Tensor:
-        """The distribution's logits after every processor (the last stage before the draw), shape (1, vocab)."""
-        row = logits.float().reshape(1, -1)
-        return self.processors(self.ids, row) if self.processors else row
-
-    def choose(self, logits: torch.Tensor) -> int:
-        """Pick the next token from one row of raw logits and remember it."""
-        scores = self.scores(logits)
-        if self.settings.greedy:
-            token = int(scores.argmax(dim=-1))
-        else:
-            token = int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self.generator))
-        self.ids = torch.cat([self.ids, torch.tensor([[token]])], dim=-1)
-        return token
-
-
 # ---- sampling, step by step (for teaching) ------------------------------------------------------------------------
+class StageName(str, enum.Enum):
+    RAW = "raw"
+    PENALTY = "penalty"
+    TEMPERATURE = "temperature"
+    TOP_K = "top_k"
+    TOP_P = "top_p"
+    MIN_P = "min_p"
+
+
 @dataclass(frozen=True)
 class Stage:
     """The next-token distribution after one processing stage, as the engine applies them."""
 
-    name: str
+    name: StageName
+    value: float | None  # the setting applied at this stage (None for the raw output)
     token_ids: tuple[int, ...]  # the most likely tokens after this stage, best first
     probs: tuple[float, ...]
     candidates: int  # tokens still possible (probability above zero)
 
 
-def _stage(name: str, scores: torch.Tensor, top: int) -> Stage:
-    probs = torch.softmax(scores[0].float(), dim=-1)
+def _whole(name: StageName, value: float | None, scores: torch.Tensor, top: int) -> Stage:
+    probs = torch.softmax(scores[0], dim=-1)
     best = probs.topk(min(top, probs.numel()))
-    return Stage(name, tuple(best.indices.tolist()), tuple(best.values.tolist()), int((probs > 0).sum()))
-
-
-def _stage_name(processor) -> str:
-    names = {"RepetitionPenaltyLogitsProcessor": ("repetition penalty", "penalty"),
-             "TemperatureLogitsWarper": ("temperature", "temperature"), "TopKLogitsWarper": ("top-k", "top_k"),
-             "TopPLogitsWarper": ("top-p", "top_p"), "MinPLogitsWarper": ("min-p", "min_p")}
-    label, attribute = names.get(type(processor).__name__, (type(processor).__name__, None))
-    value = getattr(processor, attribute, None) if attribute else None
-    return f"after {label} {value:g}" if isinstance(value, (int, float)) else f"after {label}"
+    return Stage(name, value, tuple(best.indices.tolist()), tuple(best.values.tolist()), int((probs > 0).sum()))
 
 
 def stages(settings: SamplingSettings, history_ids: list[int], logits: torch.Tensor, top: int = 20) -> list[Stage]:
-    """The distribution after each of the engine's processors, in the engine's order, starting from the raw logits.
+    """The distribution after each of the engine's stages, in the engine's order, from the raw logits: the last stage
+    is exactly what the engine draws from (greedy decoding takes its most likely token instead of drawing)."""
+    from core.chat.sampler import Knobs, RowSampler, candidates, penalise, truncate
 
-    The last stage is exactly what the engine draws from (RequestSampler.scores); greedy decoding then takes its
-    most likely token instead of drawing."""
-    ids = torch.tensor([history_ids], dtype=torch.long)
+    row = RowSampler(settings, history_ids)
     scores = logits.float().reshape(1, -1)
-    result = [_stage("raw model output", scores, top)]
-    for processor in logits_processors(settings):
-        scores = processor(ids, scores)
-        result.append(_stage(_stage_name(processor), scores, top))
-    return result
+    result = [_whole(StageName.RAW, None, scores, top)]
+    scores = penalise(scores, [row])
+    if row.penalised:
+        result.append(_whole(StageName.PENALTY, settings.repetition_penalty, scores, top))
+    if settings.greedy:
+        return result
+    if settings.temperature != 1.0:
+        result.append(_whole(StageName.TEMPERATURE, settings.temperature, scores / settings.temperature, top))
+    knobs = Knobs.of([row])
+    values = {StageName.TOP_K: settings.top_k, StageName.TOP_P: settings.top_p, StageName.MIN_P: settings.min_p}
+    for full in (False, True):  # the engine's path: a short candidate list, and a full sort when that held too little
+        truncating: list[Stage] = []
+
+        def seen(name: str, c) -> None:
+            probs = torch.softmax(c.scores[0], dim=-1)
+            best = probs.topk(min(top, probs.numel()))
+            truncating.append(Stage(StageName(name), values[StageName(name)], tuple(c.ids[0, best.indices].tolist()),
+                                    tuple(best.values.tolist()), int(c.scores[0].isfinite().sum())))
+
+        if not bool(truncate(candidates(scores, knobs, full=full), knobs, seen).any()):
+            break
+    return result + truncating

@@ -1,22 +1,21 @@
 """Which runtime serves a chat model, chosen by measurement, and one engine per served model for every user.
 
-On a CPU, a model whose architecture the ONNX exporter handles is exported at int4 and int8 (once, cached)
-and each export is measured against the fp32 PyTorch model: next-token agreement on a probe text and
-perplexity on `assets/eval_text.txt`. The fastest export that keeps at least 90 % agreement and stays
-within 3 % of fp32's perplexity serves; if none does, or the runtime is missing, or the export fails,
-PyTorch serves (at the precision the model manager measured) and the summary says why. On a GPU, PyTorch
-serves in bf16/fp16. Every choice and measurement is remembered on disk, keyed by the model's files and
-this machine.
+On a CPU, a model whose architecture the ONNX exporter handles has candidates: ONNX exports at int4, int8 and fp32
+(built once, cached) and, where the CPU multiplies bf16 natively, PyTorch at bf16. Each is timed as users run it
+(core/chat/faithful.py: one request and a batch, default sampling), then checked against fp32 PyTorch in order of
+speed, fastest first: next-token agreement, perplexity and the generation check. The first that keeps fp32's
+quality serves; for ONNX Runtime, its thread and spinning settings are then chosen by timing them too. If none
+does, or the runtime is missing, or the export fails, PyTorch serves (at the precision the model manager measured)
+and the summary says why. On a GPU, PyTorch serves in bf16/fp16. Every choice and measurement is remembered on disk,
+keyed by the model's files and this CPU.
 """
 from __future__ import annotations
 
 import logging
-import math
-import platform
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -24,44 +23,31 @@ import torch
 
 from core.chat.backends import Backend, OnnxBackend, TorchBackend
 from core.chat.engine import ChatEngine
+from core.chat.faithful import Quality, Reference, eval_ids, measure_speed, perplexity_of
 from core.chat.prompting import context_length
 from core.common.errors import InputError, PlaygroundError
 from core.common.json_cache import locked, read_json, write_json
+from core.common.progress import forward_only, span
 from core.models import onnx_runtime
+from core.models.device import cpu_signature, native_bf16
 from core.models.manager import LoadedModel, ModelManager
-from core.models.paths import assets_dir, cache_dir
+from core.models.paths import cache_dir
 from core.models.precision import probe_ids
 from core.models.registry import CAUSAL_LM
 
 Progress = Callable[[float, str], None]
 AUTO, TORCH, ONNX = "auto", "torch", "onnx"
-MIN_AGREEMENT = 0.90
-MAX_PERPLEXITY_RATIO = 1.03
-EVAL_TOKENS = 512
 # What a comparison (or the API) may ask for by name instead of the measured choice.
-PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16-weight", "int8-weight", "int8-dynamic", "onnx-int8", "onnx-int4")
-ONNX_CANDIDATES = ("int4", "int8", "int8-b32")  # tried fastest first; the first that keeps quality serves
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16-weight", "int8-weight", "int8-dynamic", "onnx-fp32", "onnx-int8",
+                     "onnx-int4")
+ONNX_CANDIDATES = ("int4", "int8", "fp32")
+# ONNX Runtime's settings tried for the export that serves: (intra-op threads, 0 = all of ours; spin after a run).
+ORT_SETTINGS = ((0, True), (0, False), (1, True))
+ORT_ROUNDS = 3
+MEASURE_BATCH = 32  # the check questions' replies are written in one batch
 # Below this much weight, exporting costs more than it saves: PyTorch serves (unless ONNX is asked for by name).
 MIN_ONNX_BYTES = 50 * 2**20
 log = logging.getLogger("llm_playground")
-
-
-@dataclass(frozen=True)
-class Quality:
-    """How closely the served model predicts like the fp32 model."""
-
-    agreement: float  # share of next-token predictions equal to fp32's on the probe text
-    perplexity: float  # on the first EVAL_TOKENS tokens of assets/eval_text.txt
-    fp32_perplexity: float
-    decode_tok_s: float = 0.0  # measured with one request, greedy
-
-    @property
-    def kept(self) -> bool:
-        return self.agreement >= MIN_AGREEMENT and self.perplexity <= self.fp32_perplexity * MAX_PERPLEXITY_RATIO
-
-    def describe(self) -> str:
-        fp32 = f" (fp32 {self.fp32_perplexity:.2f})" if self.fp32_perplexity == self.fp32_perplexity else ""
-        return f"{self.agreement:.0%} same next tokens as fp32, perplexity {self.perplexity:.2f}{fp32}"
 
 
 @dataclass
@@ -75,8 +61,9 @@ class ServedModel:
     is_chat: bool
     quality: Quality | None = None
     notices: list[str] = field(default_factory=list)  # e.g. why the fast path does not serve
-    measured: dict[str, Quality] = field(default_factory=dict)  # every ONNX candidate that was tried
+    measured: dict[str, Quality] = field(default_factory=dict)  # every candidate the runtime choice measured
     loaded: LoadedModel | None = None  # the PyTorch model, when PyTorch serves
+    ort_settings: tuple[int, bool] | None = None  # ONNX Runtime's (threads, spinning), when it serves
 
     @property
     def backend(self) -> Backend:
@@ -87,76 +74,39 @@ class ServedModel:
         return self.backend.context
 
 
-# ---- quality ------------------------------------------------------------------------------------------------------
-def eval_ids(tokenizer, context: int = EVAL_TOKENS) -> list[int]:
-    text = (assets_dir() / "eval_text.txt").read_text(encoding="utf-8")
-    return tokenizer(text)["input_ids"][:min(EVAL_TOKENS, context)]
-
-
-def perplexity_of(logits: torch.Tensor, ids: list[int]) -> float:
-    log_probs = torch.log_softmax(logits[:-1].float(), dim=-1)
-    return math.exp(-log_probs.gather(1, torch.tensor(ids[1:])[:, None]).mean().item())
-
-
 @dataclass(frozen=True)
-class Reference:
-    """What the fp32 model predicts: the yardstick for every faster runtime or precision."""
+class RuntimeChoice:
+    """What the measurements chose: a candidate name ("onnx-fp32", "bf16", ...) or None, and why."""
 
-    probe: list[int]
-    probe_argmax: torch.Tensor
-    eval: list[int]
-    perplexity: float
+    candidate: str | None
+    measured: dict[str, Quality]  # the candidates whose quality was checked, fastest first
+    speeds: dict[str, float]  # every candidate's ranking seconds (lower is faster)
+    ort_settings: tuple[int, bool] = (0, True)
+
+    def as_dict(self) -> dict:
+        return {"candidate": self.candidate, "measured": {k: q.as_dict() for k, q in self.measured.items()},
+                "speeds": self.speeds, "ort_settings": list(self.ort_settings)}
 
     @classmethod
-    def of(cls, full_logits: Callable[[list[int]], torch.Tensor], tokenizer, context: int) -> Reference:
-        probe, ids = probe_ids(tokenizer)[0].tolist(), eval_ids(tokenizer, context)
-        return cls(probe, full_logits(probe).argmax(-1), ids, perplexity_of(full_logits(ids), ids))
-
-    def measure(self, backend: Backend, decode_tokens: int = 32) -> Quality:
-        agreement = float((backend.full_logits(self.probe).argmax(-1) == self.probe_argmax).float().mean())
-        return Quality(agreement, perplexity_of(backend.full_logits(self.eval), self.eval), self.perplexity,
-                       decode_speed(backend, self.probe[:32], decode_tokens))
+    def from_dict(cls, values: dict) -> RuntimeChoice:
+        return cls(values["candidate"], {k: Quality.from_dict(q) for k, q in values["measured"].items()},
+                   values["speeds"], tuple(values["ort_settings"]))
 
 
 def decode_speed(backend: Backend, prompt: list[int], tokens: int) -> float:
-    """Greedy tokens/s of one request after its prompt (the single-user chat speed)."""
-    logits, sequence = backend.prefill(prompt)
-    batch = backend.new_batch()
-    batch.join(0, sequence)
-    token = int(logits.argmax())
+    """Greedy tokens/s of one request after its prompt, forward passes alone (the Quantize tab's figure)."""
+    logits, [prefilled] = backend.read([prompt])
+    store = backend.new_store()
+    store.add(0, prefilled)
+    token = int(logits[0].argmax())
     start = time.perf_counter()
     for _ in range(tokens):
-        token = int(batch.step({0: token})[0].argmax())
+        token = int(store.decode([token])[0].argmax())
     return tokens / (time.perf_counter() - start)
 
 
-# ---- choosing a runtime -------------------------------------------------------------------------------------------
 def _memo_key(folder: Path) -> str:
-    return (f"v2|{onnx_runtime.fingerprint(folder)}|{platform.processor() or platform.machine()}|"
-            f"t{torch.get_num_threads()}")
-
-
-def choose_onnx(folder: Path, reference: Callable[[], Reference], progress: Progress) -> tuple[str | None, dict]:
-    """(the ONNX precision that serves, or None; each candidate's Quality), measured once per model and machine."""
-    memo = cache_dir() / "onnx_choices.json"
-    key = _memo_key(folder)
-    with locked(memo):
-        known = read_json(memo, {})
-        if key not in known:
-            yardstick, measured = reference(), {}
-            for precision in ONNX_CANDIDATES:
-                exported = onnx_runtime.export(folder, precision, progress)
-                progress(0.96, f"Measuring the ONNX {precision} export against fp32 (once)")
-                quality = yardstick.measure(OnnxBackend(onnx_runtime.OnnxModel(exported), precision))
-                measured[precision] = asdict(quality)
-                if quality.kept:
-                    break
-            kept = [p for p, q in measured.items() if Quality(**q).kept]
-            best = max(kept, key=lambda p: measured[p]["decode_tok_s"]) if kept else None
-            known[key] = {"precision": best, "measured": measured}
-            write_json(memo, known)
-    entry = known[key]
-    return entry["precision"], {p: Quality(**q) for p, q in entry["measured"].items()}
+    return f"v3|{onnx_runtime.fingerprint(folder)}|{cpu_signature()}|t{torch.get_num_threads()}"
 
 
 class ChatRuntimes:
@@ -218,7 +168,7 @@ class ChatRuntimes:
                 if key in self._served:
                     self._served.move_to_end(key)
                     return self._served[key]
-            report = progress or (lambda *_: None)
+            report = forward_only(progress or (lambda *_: None))
             served = (self._build(model_id.strip(), trust_remote_code, report) if precision == AUTO
                       else self._build_at(model_id.strip(), trust_remote_code, precision, report))
             with self._guard:
@@ -232,50 +182,62 @@ class ChatRuntimes:
         notices: list[str] = []
         if self.prefer != TORCH and not trust_remote_code and self.manager.device.kind == "cpu":
             try:
-                served = self._serve_onnx(model_id, progress, notices)
+                served = self._serve_measured(model_id, progress, notices)
                 if served is not None:
                     return served
             except (onnx_runtime.OnnxExportError, OSError, RuntimeError, ValueError) as err:
                 log.warning("ONNX path unavailable for %s: %s", model_id, err)
                 notices.append(f"The ONNX fast path failed ({err}); PyTorch serves this model.")
-        loaded = self.manager.load(model_id, CAUSAL_LM, trust_remote_code=trust_remote_code, progress=progress)
-        backend = TorchBackend(loaded.model, loaded.precision, loaded.device, context_length(loaded.model, loaded.tokenizer),
-                               self.max_batch)
+        return self._torch_served(self.manager.load(model_id, CAUSAL_LM, trust_remote_code=trust_remote_code,
+                                                    progress=progress), notices)
+
+    def _torch_served(self, loaded: LoadedModel, notices: list[str] | None = None, quality: Quality | None = None,
+                      measured: dict[str, Quality] | None = None) -> ServedModel:
+        backend = TorchBackend(loaded.model, loaded.precision, loaded.device,
+                               context_length(loaded.model, loaded.tokenizer), self.max_batch)
         return ServedModel(loaded.model_id, ChatEngine(backend, loaded.tokenizer, eos_ids(loaded.model, loaded.tokenizer)),
-                           loaded.tokenizer, loaded.family, loaded.is_chat, self._torch_quality(loaded, backend),
-                           notices, loaded=loaded)
+                           loaded.tokenizer, loaded.family, loaded.is_chat, quality or self._torch_quality(loaded, backend),
+                           notices or [], measured or {}, loaded=loaded)
+
+    def _onnx_model(self, folder: Path, precision: str, progress: Progress, settings: tuple[int, bool] = (0, True)):
+        exported = onnx_runtime.export(folder, precision, progress)
+        threads, spinning = settings
+        return self.manager.get_or_create(f"onnx:{exported}:{threads}:{spinning}",
+                                          lambda: onnx_runtime.OnnxModel(exported, threads or None, spinning),
+                                          onnx_runtime.onnx_bytes(exported))
 
     def _build_at(self, model_id: str, trust_remote_code: bool, precision: str, progress: Progress) -> ServedModel:
         """A precision asked for by name: PyTorch at that precision, or that ONNX export (no quality gate)."""
         if not precision.startswith("onnx-"):
-            loaded = self.manager.load(model_id, CAUSAL_LM, precision=precision, trust_remote_code=trust_remote_code,
-                                       progress=progress)
-            backend = TorchBackend(loaded.model, loaded.precision, loaded.device,
-                                   context_length(loaded.model, loaded.tokenizer), self.max_batch)
-            return ServedModel(loaded.model_id, ChatEngine(backend, loaded.tokenizer,
-                                                           eos_ids(loaded.model, loaded.tokenizer)),
-                               loaded.tokenizer, loaded.family, loaded.is_chat, loaded=loaded)
-        from transformers import AutoConfig, AutoTokenizer
-
+            return self._torch_served(self.manager.load(model_id, CAUSAL_LM, precision=precision,
+                                                        trust_remote_code=trust_remote_code, progress=progress))
         resolved = self.manager.resolve(model_id, progress)
         folder = Path(resolved.path)
         reason = onnx_runtime.unavailable_reason() or (None if folder.is_dir() else "it needs a model folder on disk")
         if reason:
             raise InputError(f"'{precision}' cannot serve {model_id}: {reason}.")
-        exported = onnx_runtime.export(folder, precision.removeprefix("onnx-"), progress)
-        model = self.manager.get_or_create(f"onnx:{exported}", lambda: onnx_runtime.OnnxModel(exported),
-                                           onnx_runtime.onnx_bytes(exported))
-        tokenizer, config = AutoTokenizer.from_pretrained(folder), AutoConfig.from_pretrained(folder)
-        return ServedModel(model_id, ChatEngine(OnnxBackend(model, precision.removeprefix("onnx-"), self.max_batch),
-                                                tokenizer, eos_ids_from(getattr(config, "eos_token_id", None), tokenizer)),
-                           tokenizer, config.model_type, bool(getattr(tokenizer, "chat_template", None)))
+        return self._onnx_served(model_id, folder, precision.removeprefix("onnx-"), progress)
 
-    def _serve_onnx(self, model_id: str, progress: Progress, notices: list[str]) -> ServedModel | None:
+    def _onnx_served(self, model_id: str, folder: Path, precision: str, progress: Progress,
+                     choice: RuntimeChoice | None = None, notices: list[str] | None = None) -> ServedModel:
         from transformers import AutoConfig, AutoTokenizer
+
+        settings = choice.ort_settings if choice else (0, True)
+        backend = OnnxBackend(self._onnx_model(folder, precision, progress, settings), precision, self.max_batch)
+        tokenizer, config = AutoTokenizer.from_pretrained(folder), AutoConfig.from_pretrained(folder)
+        eos = eos_ids_from(getattr(config, "eos_token_id", None), tokenizer)
+        measured = choice.measured if choice else {}
+        return ServedModel(model_id, ChatEngine(backend, tokenizer, eos), tokenizer, config.model_type,
+                           bool(getattr(tokenizer, "chat_template", None)), measured.get(f"onnx-{precision}"),
+                           notices or [], measured, ort_settings=settings)
+
+    def _serve_measured(self, model_id: str, progress: Progress, notices: list[str]) -> ServedModel | None:
+        """The measured choice for a local model folder, or None when PyTorch serves it as the manager loads it."""
+        from transformers import AutoConfig
 
         if self.manager.in_memory(model_id):
             return None  # a variant built in the Quantize tab: PyTorch runs it as it is
-        resolved = self.manager.resolve(model_id, progress)
+        resolved = self.manager.resolve(model_id, span(progress, 0, 0.35))
         if resolved.source == "hub":
             return None  # hub models load through the manager (safetensors only, memory checked) and PyTorch
         folder = Path(resolved.path)
@@ -287,26 +249,84 @@ class ChatRuntimes:
             if self.prefer == ONNX or model_type in onnx_runtime.SUPPORTED:
                 notices.append(f"PyTorch serves this model: {reason}.")
             return None
-        precision, measured = choose_onnx(folder, lambda: self._reference(model_id, progress), progress)
-        if precision is None:
-            tried = "; ".join(f"{p}: {q.describe()}" for p, q in measured.items())
-            notices.append(f"No ONNX export kept fp32's quality ({tried}); PyTorch serves this model.")
+        choice = self._choice(model_id, folder, span(progress, 0.35, 0.95))
+        progress = span(progress, 0.95, 1.0)
+        if choice.candidate is None:
+            notices.append("No faster runtime kept fp32's quality (see how the runtime was chosen); PyTorch serves "
+                           "this model.")
             return None
-        exported = onnx_runtime.export(folder, precision, progress)
-        model = self.manager.get_or_create(f"onnx:{exported}", lambda: onnx_runtime.OnnxModel(exported),
-                                           onnx_runtime.onnx_bytes(exported))
-        backend = OnnxBackend(model, precision, self.max_batch)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        config = AutoConfig.from_pretrained(folder)
-        eos = eos_ids_from(getattr(config, "eos_token_id", None), tokenizer)
-        return ServedModel(model_id, ChatEngine(backend, tokenizer, eos), tokenizer, model_type,
-                           bool(getattr(tokenizer, "chat_template", None)), measured[precision], notices, measured)
+        if choice.candidate.startswith("onnx-"):
+            return self._onnx_served(model_id, folder, choice.candidate.removeprefix("onnx-"), progress, choice, notices)
+        loaded = self.manager.load(model_id, CAUSAL_LM, precision=choice.candidate, progress=progress)
+        return self._torch_served(loaded, notices, choice.measured[choice.candidate], choice.measured)
 
-    def _reference(self, model_id: str, progress: Progress) -> Reference:
-        fp32 = self.manager.load(model_id, CAUSAL_LM, precision="fp32", progress=progress)
-        progress(0.9, "Measuring the fp32 model's predictions (once)")
-        return Reference.of(TorchBackend(fp32.model, "fp32", fp32.device, 0).full_logits, fp32.tokenizer,
-                            context_length(fp32.model, fp32.tokenizer))
+    # ---- the runtime choice -------------------------------------------------------------------------------------
+    def _choice(self, model_id: str, folder: Path, progress: Progress) -> RuntimeChoice:
+        """Measured once per model and CPU, then read from the cache."""
+        memo = cache_dir() / "runtime_choices.json"
+        key = _memo_key(folder)
+        with locked(memo):
+            known = read_json(memo, {})
+            if key not in known:
+                known[key] = self._measure_choice(model_id, folder, progress).as_dict()
+                write_json(memo, known)
+        return RuntimeChoice.from_dict(known[key])
+
+    def _candidates(self, model_id: str, folder: Path) -> dict[str, Callable[[Progress], Backend]]:
+        """Each candidate's name and how to build its backend (reporting to a progress callback)."""
+        made = {f"onnx-{p}": (lambda report, p=p: OnnxBackend(onnx_runtime.OnnxModel(
+            onnx_runtime.export(folder, p, report)), p, MEASURE_BATCH)) for p in ONNX_CANDIDATES}
+        if native_bf16():
+            def bf16(report: Progress) -> Backend:
+                loaded = self.manager.load(model_id, CAUSAL_LM, precision="bf16", progress=report)
+                return TorchBackend(loaded.model, "bf16", loaded.device, context_length(loaded.model, loaded.tokenizer),
+                                    MEASURE_BATCH)
+            made["bf16"] = bf16
+        return made
+
+    def _measure_choice(self, model_id: str, folder: Path, progress: Progress) -> RuntimeChoice:
+        fp32 = self.manager.load(model_id, CAUSAL_LM, precision="fp32", progress=span(progress, 0, 0.05))
+        tokenizer, eos, is_chat = fp32.tokenizer, eos_ids(fp32.model, fp32.tokenizer), fp32.is_chat
+        prompt = probe_ids(tokenizer)[0].tolist()[:48]
+        backends, speeds = {}, {}
+        candidates = self._candidates(model_id, folder)
+        for n, (name, make) in enumerate(candidates.items()):
+            stage = span(progress, 0.05 + 0.5 * n / len(candidates), 0.05 + 0.5 * (n + 1) / len(candidates))
+            backends[name] = make(span(stage, 0, 0.8))
+            stage(0.85, f"Timing {name} as users run it (once)")
+            speeds[name] = measure_speed(backends[name], prompt)
+        progress(0.56, "Measuring the fp32 model's predictions and answers (once)")
+        fp32_backend = TorchBackend(fp32.model, "fp32", fp32.device, context_length(fp32.model, tokenizer), MEASURE_BATCH)
+        reference = Reference.of(fp32_backend, tokenizer, eos, is_chat)
+        measured, chosen = {}, None
+        for n, name in enumerate(sorted(speeds, key=lambda c: speeds[c].seconds)):
+            stage = span(progress, 0.65 + 0.25 * n / len(speeds), 0.65 + 0.25 * (n + 1) / len(speeds))
+            stage(0, f"Checking {name} against fp32 (once)")
+            quality = reference.measure(backends.pop(name), tokenizer, eos, is_chat,
+                                        lambda what: stage(0.5, f"Checking {name}: {what}"))
+            measured[name] = replace(quality, decode_tok_s=speeds[name].alone, batch_tok_s=speeds[name].batched)
+            if measured[name].kept:
+                chosen = name
+                break
+        backends.clear()
+        settings = (self._ort_settings(folder, chosen, prompt, span(progress, 0.9, 1.0))
+                    if chosen and chosen.startswith("onnx-") else (0, True))
+        return RuntimeChoice(chosen, measured, {k: v.seconds for k, v in speeds.items()}, settings)
+
+    def _ort_settings(self, folder: Path, candidate: str, prompt: list[int], progress: Progress) -> tuple[int, bool]:
+        """ONNX Runtime's threads spin after each run and can take the core the sampler and the web server need, or
+        sleep and wake slower: time each setting, in interleaved rounds (the cores are shared and noisy)."""
+        precision = candidate.removeprefix("onnx-")
+        exported = onnx_runtime.export(folder, precision, progress)
+        backends = {settings: OnnxBackend(onnx_runtime.OnnxModel(exported, settings[0] or None, settings[1]),
+                                          precision) for settings in ORT_SETTINGS}
+        timed: dict[tuple[int, bool], float] = {}
+        for round_ in range(ORT_ROUNDS):
+            for n, (settings, backend) in enumerate(backends.items()):
+                progress((round_ * len(backends) + n) / (ORT_ROUNDS * len(backends)),
+                         f"Timing ONNX Runtime's thread settings, round {round_ + 1} of {ORT_ROUNDS} (once)")
+                timed[settings] = min(timed.get(settings, float("inf")), measure_speed(backend, prompt).seconds)
+        return min(timed, key=timed.get)
 
     def _torch_quality(self, loaded: LoadedModel, backend: TorchBackend) -> Quality | None:
         """Agreement from the precision measurement; perplexity measured here, once per model and precision."""

@@ -14,12 +14,13 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
-from core.chat.engine import FAILED, GenerationError, ReplyStats
+from core.chat.engine import GenerationError
 from core.chat.prompting import DEFAULT_SYSTEM_PROMPT, Prompt, Turn, build_prompt
 from core.chat.remote import RemoteServer, ServerCheck, check_server, messages_for, remote_reply
 from core.chat.sampling import SamplingSettings
 from core.chat.serving import ChatRuntimes, ServedModel
 from core.chat.token_view import TokenInfo, TokenStep, describe_steps
+from core.chat.types import ReplyStats, WaitingInfo
 from core.common.errors import InputError
 from core.common.stopping import RunControl
 
@@ -65,7 +66,7 @@ class ChatUpdate:
     served: ServedModel | RemoteServer  # what wrote the reply
     done: bool = False
     tokens: list[TokenInfo] = field(default_factory=list)
-    waiting: str = ""  # while the reply waits in line: the place and estimated wait
+    waiting: WaitingInfo | None = None  # while the reply waits in line: the place and estimated wait
 
 
 @dataclass
@@ -141,7 +142,7 @@ class ChatSession:
                 turns = [Turn(e.user, e.reply.text) for e in earlier] + [Turn(exchange.user, head + chunk.text)]
                 yield ChatUpdate(turns, [e.reply.stats for e in earlier] + [chunk.stats], prompt, notices, served,
                                  waiting=chunk.waiting)
-        if chunk.stats.finish == FAILED:
+        if chunk.failed:
             raise GenerationError(f"The reply failed and was not added to the conversation: {chunk.error}")
         steps = prefix + chunk.steps
         text = served.engine.decode([s.token_id for s in steps]) if prefix else chunk.text

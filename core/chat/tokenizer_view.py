@@ -6,13 +6,11 @@ tokenizer's own spelling and id on hover, and the chat template's rendering of t
 """
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 
 from core.common.errors import InputError
 
 MAX_CHARS = 5_000
-PALETTE = ("#fde68a", "#bfdbfe", "#bbf7d0", "#fbcfe8", "#ddd6fe", "#fed7aa")
 
 
 @dataclass(frozen=True)
@@ -70,29 +68,3 @@ def tokenize(tokenizer, text: str, model_id: str) -> Tokenized:
                                                  add_generation_prompt=True)
         count = len(tokenizer(template, add_special_tokens=False)["input_ids"])
     return Tokenized(model_id, kind_of(tokenizer), text, pieces, template, count)
-
-
-def _visible(text: str) -> str:
-    return text.replace(" ", "␣").replace("\n", "↵\n").replace("\t", "⇥")
-
-
-def render_html(tokenized: Tokenized) -> str:
-    """Coloured pieces (escaped), then a summary line; hover a piece for its spelling and id."""
-    spans = []
-    for n, piece in enumerate(tokenized.pieces):
-        title = html.escape(f"#{n} id {piece.token_id} · {piece.spelling}", quote=True)
-        if piece.special:
-            spans.append(f"<span class='tok-special' title='{title}'>{html.escape(piece.spelling)}</span>")
-        else:
-            spans.append(f"<span class='tok-piece' style='background:{PALETTE[n % len(PALETTE)]}' title='{title}'>"
-                         f"{html.escape(_visible(piece.text)) or '∅'}</span>")
-    count = len(tokenized.pieces)
-    ids = ", ".join(str(p.token_id) for p in tokenized.pieces[:200]) + (" ..." if count > 200 else "")
-    template = (f"<details><summary>Chat template: the text as a user message is {tokenized.template_tokens} tokens"
-                f"</summary><pre>{html.escape(tokenized.template)}</pre></details>" if tokenized.template else
-                "<p class='notice'>No chat template (a base model or an encoder).</p>")
-    return (f"<div class='tokenizer-view'><h4>{html.escape(tokenized.model_id)} · {html.escape(tokenized.kind)}</h4>"
-            f"<p><b>{count}</b> tokens for {len(tokenized.text)} characters · "
-            f"<b>{tokenized.chars_per_token:.2f}</b> characters per token</p>"
-            f"<div class='tok-line'>{''.join(spans)}</div><details><summary>Token ids</summary><code>{ids}</code>"
-            f"</details>{template}</div>")

@@ -1,4 +1,4 @@
-"""A conversation as a file: Markdown to read and hand in, JSON to restore it later (on this app or another).
+"""A conversation as a JSON file, to restore it later (on this app or another); ui/chat_view.py writes the Markdown.
 
 The JSON keeps every message, every reply version, the model, runtime and precision, every sampling setting and
 seed, and optionally each token's probability and top alternatives (with their ids, so branching works again
@@ -8,31 +8,17 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from typing import Any
 
-from core.chat.engine import ReplyStats
 from core.chat.sampling import SamplingSettings
 from core.chat.session import ChatSession, Exchange, Reply
 from core.chat.token_view import TokenChoice, TokenInfo, TokenStep
+from core.chat.types import FinishReason, ReplyStats
 from core.common.errors import InputError
 
 FORMAT, VERSION = "llm-playground-conversation", 1
 MAX_BYTES, MAX_EXCHANGES = 4 * 2**20, 500
-
-
-def to_markdown(session: ChatSession, model: str) -> str:
-    lines = [f"# Conversation with {model}", "", f"*Exported {time.strftime('%Y-%m-%d %H:%M')} from LLM Playground.*",
-             ""]
-    if session.system.strip():
-        lines += [f"**System prompt:** {session.system}", ""]
-    for exchange in session.exchanges:
-        reply = exchange.reply
-        versions = f" (version {exchange.shown + 1} of {len(exchange.replies)})" if len(exchange.replies) > 1 else ""
-        lines += [f"**You:** {exchange.user}", "", f"**{model}{versions}:** {reply.text}", ""]
-        if reply.stats:
-            lines += [f"<sub>{reply.stats.describe()}</sub>", ""]
-    return "\n".join(lines)
 
 
 def _tokens(reply: Reply) -> list[dict]:
@@ -43,11 +29,32 @@ def _tokens(reply: Reply) -> list[dict]:
     return [{"text": t.text, "prob": t.prob, "top": [[None, a.text, a.prob] for a in t.alternatives]} for t in reply.tokens]
 
 
+# why a reply ended, as version 1 files written before the engine's FinishReason spelled it
+_OLD_FINISH = {"end of text": FinishReason.END_OF_TEXT, "max new tokens": FinishReason.LENGTH,
+               "next turn started": FinishReason.STOP_STRING, "stopped by user": FinishReason.STOPPED,
+               "the client went away": FinishReason.DISCONNECTED, "failed": FinishReason.FAILED}
+
+
+def _stats_dict(stats: ReplyStats) -> dict:
+    return asdict(stats) | {"finish": stats.finish.value if stats.finish else None}
+
+
+def _stats(values: Any) -> ReplyStats | None:
+    stats = _typed(ReplyStats, values)
+    if stats is None or stats.finish is None:
+        return stats
+    finish = str(stats.finish)
+    known = {f.value: f for f in FinishReason} | _OLD_FINISH
+    if finish not in known:
+        raise InputError(f"the file's reply stats have an unknown finish reason {finish!r}")
+    return replace(stats, finish=known[finish])
+
+
 def to_json(session: ChatSession, model: dict, with_tokens: bool = True) -> str:
     """`model`: id, runtime, precision (and the remote server, when there is one)."""
     exchanges = [{"user": e.user, "shown": e.shown, "replies": [
         {"text": r.text, "settings": asdict(r.settings) if r.settings else None,
-         "stats": asdict(r.stats) if r.stats else None, "branched_at": r.branched_at, "prompt_ids": r.prompt_ids,
+         "stats": _stats_dict(r.stats) if r.stats else None, "branched_at": r.branched_at, "prompt_ids": r.prompt_ids,
          **({"tokens": _tokens(r)} if with_tokens else {})} for r in e.replies]} for e in session.exchanges]
     return json.dumps({"format": FORMAT, "version": VERSION, "exported": time.strftime("%Y-%m-%dT%H:%M:%S"),
                        "model": model, "system": session.system, "exchanges": exchanges}, indent=1, ensure_ascii=False)
@@ -70,7 +77,7 @@ def _reply(data: dict) -> Reply:
                         tuple(float(a[2]) for a in t["top"])) for t in tokens]
              if tokens and all(t.get("id") is not None and all(a[0] is not None for a in t["top"]) for t in tokens)
              else [])
-    return Reply(str(data["text"]), _typed(ReplyStats, data.get("stats")), _typed(SamplingSettings, data.get("settings")),
+    return Reply(str(data["text"]), _stats(data.get("stats")), _typed(SamplingSettings, data.get("settings")),
                  steps, infos, data.get("branched_at"), [int(i) for i in data.get("prompt_ids") or []])
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from core.chat.engine import FAILED, GenerationError
+from core.chat.engine import GenerationError
 from core.chat.openai_protocol import GenerationRequest, finish_reason
 from core.chat.serving import ServedModel
 from core.chat.token_view import TokenStep
@@ -41,7 +41,7 @@ def _generate(served: ServedModel, request: GenerationRequest, prompts: list[lis
     answers = []
     for ids, reply in zip(prompts, replies):
         chunk = reply.result()
-        if chunk.stats.finish == FAILED:
+        if chunk.failed:
             raise RuntimeError(f"the reply failed: {chunk.error}")
         generated = [s.token_id for s in chunk.steps]
         answers.append(Answer(ids + generated, len(ids), chunk.text, finish_reason(chunk), steps=tuple(chunk.steps)))

@@ -68,8 +68,10 @@ def explain_task(manager: ModelManager, model_id: str) -> str:
     return _task_from_architectures(getattr(config, "architectures", None) or [])
 
 
-def load_for_explain(manager: ModelManager, model_id: str, progress: Progress | None = None) -> LoadedModel:
-    """The model with eager attention, in fp32 on CPU (explanations want exact numbers, not the fastest dtype).
+def load_for_explain(manager: ModelManager, model_id: str, progress: Progress | None = None,
+                     attentions: bool = True) -> LoadedModel:
+    """The model in fp32 on CPU (explanations want exact numbers, not the fastest dtype), with eager attention when
+    its attention weights are to be shown (fused kernels never materialise them) and the default kernel otherwise.
 
     Variants built in memory by other tabs (e.g. quantized) are used as they are: they cannot be reloaded.
     """
@@ -78,8 +80,8 @@ def load_for_explain(manager: ModelManager, model_id: str, progress: Progress | 
     if in_memory is not None:
         return in_memory
     precision = "fp32" if manager.device.kind == "cpu" else "auto"
-    return manager.load(model_id, explain_task(manager, model_id), precision=precision, attn_implementation="eager",
-                        progress=progress)
+    return manager.load(model_id, explain_task(manager, model_id), precision=precision,
+                        attn_implementation="eager" if attentions else None, progress=progress)
 
 
 # ---- text in, within the token cap ---------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from core.classify.classifier import class_labels, predict_proba
 from core.common.errors import InputError, StoppedError
 from core.common.stopping import StopFlag
 from core.explain.attention import FittedText, fit_text
+from core.explain.residual import continuation_text
 from core.models.manager import LoadedModel, Progress
 from core.models.registry import CAUSAL_LM, TEXT_CLASSIFICATION
 
@@ -157,8 +158,7 @@ def choose_continuation(loaded: LoadedModel, prompt: str, continuation: str) -> 
     tokenizer = loaded.tokenizer
     notice = None
     if continuation.strip():
-        if not continuation[0].isspace() and not prompt[-1].isspace():
-            continuation = " " + continuation  # "is" + "Paris" should read "is Paris", as the model would write it
+        continuation = continuation_text(prompt, continuation)  # "is" + "Paris" reads "is Paris", as the model writes
         ids = tokenizer(continuation.rstrip(), add_special_tokens=False)["input_ids"]
         if len(ids) > MAX_TARGET_TOKENS:
             notice = f"The continuation has {len(ids)} tokens; only the first {MAX_TARGET_TOKENS} are explained."
@@ -169,8 +169,8 @@ def choose_continuation(loaded: LoadedModel, prompt: str, continuation: str) -> 
     return Continuation(ids, names, notice)
 
 
-def continuation_log_probs(loaded: LoadedModel, prompts: list[str], target: list[int]) -> np.ndarray:
-    """log p(target token k | prompt, earlier target tokens) for each prompt (teacher forcing), plus their sum first."""
+def _prompt_logits(loaded: LoadedModel, prompts: list[str], target: list[int]) -> tuple[torch.Tensor, list[list[int]]]:
+    """Logits of one forward pass over each prompt followed by `target`, and each prompt's token ids."""
     tokenizer, model = loaded.tokenizer, loaded.model
     fallback = next(t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, 0) if t is not None)
     prompt_ids = [tokenizer(p)["input_ids"] or [fallback] for p in prompts]  # a fully masked prompt may be empty
@@ -181,12 +181,37 @@ def continuation_log_probs(loaded: LoadedModel, prompts: list[str], target: list
     mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
     device = next(model.parameters()).device
     with torch.no_grad():
-        log_probs = torch.log_softmax(model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float(), -1)
-    out = np.empty((len(rows), len(target)))
+        return model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float(), prompt_ids
+
+
+def continuation_log_probs(loaded: LoadedModel, prompts: list[str], target: list[int]) -> np.ndarray:
+    """log p(target token k | prompt, earlier target tokens) for each prompt (teacher forcing), plus their sum first."""
+    logits, prompt_ids = _prompt_logits(loaded, prompts, target)
+    device = logits.device
+    out = np.empty((len(prompts), len(target)))
     for i, ids in enumerate(prompt_ids):
         positions = torch.arange(len(ids) - 1, len(ids) - 1 + len(target), device=device)
-        out[i] = log_probs[i, positions, torch.tensor(target, device=device)].cpu().numpy()
+        steps = torch.arange(len(target), device=device)
+        out[i] = torch.log_softmax(logits[i, positions], -1)[steps, torch.tensor(target, device=device)].cpu().numpy()
     return np.concatenate([out.sum(axis=1, keepdims=True), out], axis=1)
+
+
+def next_token_log_probs(loaded: LoadedModel, prompts: list[str], candidates: list[int]) -> np.ndarray:
+    """(prompts, candidates): log p(candidate | prompt) of each candidate next token."""
+    logits, prompt_ids = _prompt_logits(loaded, prompts, [])
+    last = torch.tensor([len(ids) - 1 for ids in prompt_ids], device=logits.device)
+    next_logits = logits[torch.arange(len(prompts), device=logits.device), last]
+    return torch.log_softmax(next_logits, -1)[:, candidates].cpu().numpy()
+
+
+def shap_on_prompt(loaded: LoadedModel, prompt: str, score: Callable[[list[str]], np.ndarray], names: list[str],
+                   max_evals: int, stop: StopFlag | None, progress: Progress | None):
+    """SHAP values of `score` (masked prompts -> one column per name) for a language model's prompt: masked tokens
+    become "..." (runs collapsed into one). Returns the tokens, values, base values and the scorer (its counts)."""
+    max_evals = _check_budget(max_evals)
+    scorer = _BatchedScorer(score, max_evals, stop, progress)
+    masker = load_shap().maskers.Text(loaded.tokenizer, mask_token="...", collapse_mask_token=True)
+    return (*_run_partition(scorer, masker, prompt, names, max_evals), scorer)
 
 
 def explain_continuation(loaded: LoadedModel, prompt: str, continuation: str = "", max_evals: int = DEFAULT_MAX_EVALS,
@@ -195,18 +220,18 @@ def explain_continuation(loaded: LoadedModel, prompt: str, continuation: str = "
     """Attribute the log-probability of a continuation (or the model's next token) to the prompt's tokens.
 
     This is what shap.models.TeacherForcing computes, scored here directly so the calls are batched,
-    counted and stoppable; masked prompt tokens are replaced by "..." (runs collapsed into one).
+    counted and stoppable.
     """
     if loaded.task != CAUSAL_LM:
         raise InputError(f"'{loaded.model_id}' is not a causal language model.")
-    max_evals = _check_budget(max_evals)
+    _check_budget(max_evals)
     fitted = fit_text(loaded.tokenizer, prompt, max_tokens)
     start = time.perf_counter()
     target = choose_continuation(loaded, fitted.text, continuation or "")
-    scorer = _BatchedScorer(lambda batch: continuation_log_probs(loaded, batch, target.ids), max_evals, stop, progress)
     names = ["whole continuation"] + target.names
-    masker = load_shap().maskers.Text(loaded.tokenizer, mask_token="...", collapse_mask_token=True)
-    tokens, values, base = _run_partition(scorer, masker, fitted.text, names, max_evals)
+    tokens, values, base, scorer = shap_on_prompt(loaded, fitted.text,
+                                                  lambda batch: continuation_log_probs(loaded, batch, target.ids),
+                                                  names, max_evals, stop, progress)
     if len(target.ids) == 1:  # the "whole" column would repeat the only token's column
         values, base, names = values[:, 1:], base[1:], names[1:]
     attribution = Attribution(tokens, values, base, names, "log-probability of the continuation (teacher forcing)",
@@ -223,14 +248,19 @@ def _colour(value: float, scale: float) -> str:
     return f"rgba({rgb}, {alpha:.2f})"
 
 
-def attribution_html(attribution: Attribution, output: int) -> str:
-    """The text with each token shaded by its contribution; tokens are escaped, so any text is safe to show."""
-    column = attribution.values[:, output]
+def coloured_tokens(tokens: Sequence[str], column: np.ndarray) -> str:
+    """Each token shaded by its value (hover: the exact value); tokens are escaped, so any text is safe to show."""
     scale = float(np.abs(column).max()) if len(column) else 0.0
-    spans = "".join(
+    return "".join(
         f'<span class="shap-token" style="background:{_colour(v, scale)};padding:2px 1px;border-radius:3px" '
         f'title="{html.escape(t.strip() or t, quote=True)}: {v:+.4f}">{html.escape(t)}</span>'
-        for t, v in zip(attribution.tokens, column))
+        for t, v in zip(tokens, column))
+
+
+def attribution_html(attribution: Attribution, output: int) -> str:
+    """The text with each token shaded by its contribution."""
+    column = attribution.values[:, output]
+    spans = coloured_tokens(attribution.tokens, column)
     legend = ('<div style="font-size:0.85em;margin-top:6px;opacity:0.8">'
               '<span style="background:rgba(220,38,38,0.6);padding:0 4px">red</span> raises, '
               '<span style="background:rgba(37,99,235,0.6);padding:0 4px">blue</span> lowers '

@@ -16,12 +16,14 @@ from urllib.parse import urlencode
 
 from core.chat.sampling import SamplingSettings
 from core.common.errors import InputError
+from core.explain.examples import EXAMPLES
 from core.models.paths import assets_dir
 
-# tab value -> (top-level tab, sub-tab of the Chat tab or "")
+# tab value -> (top-level tab, sub-tab of the Chat or Explain tab or "")
 TABS = {"chat": ("chat", ""), "compare": ("chat", "compare"), "sampling": ("chat", "sampling"),
         "tokenizer": ("chat", "tokenizer"), "classify": ("classify", ""), "explain": ("explain", ""),
-        "bias": ("bias", "")}
+        "lens": ("explain", "explain_lens_view"), "patching": ("explain", "explain_patching_view"),
+        "contrast": ("explain", "explain_contrast_view"), "bias": ("bias", "")}
 LOCKABLE = ("model", "system", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "max_new_tokens", "seed")
 SETTINGS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "max_new_tokens", "seed")
 MAX_TEXT = 4_000
@@ -38,6 +40,7 @@ class Lesson:
     lock: tuple[str, ...] = ()
     title: str = ""
     notes: str = ""  # for the teacher: what to show and what to ask
+    example: str = ""  # an Explain example pair (core.explain.examples) that fills the lens, patching and contrast views
     messages: tuple[str, ...] = ()  # what was wrong with the link, and what was used instead
 
     @property
@@ -80,11 +83,15 @@ def from_values(values: dict) -> Lesson:
     unknown = [name for name in locks if name.strip() not in LOCKABLE]
     if unknown:
         problems.append(f"These controls cannot be locked: {', '.join(n[:30] for n in unknown[:5])}.")
+    example = str(values.get("example") or "")
+    if example and example not in EXAMPLES:
+        problems.append(f"There is no example '{example[:40]}'; examples: {', '.join(EXAMPLES)}.")
+        example = ""
     return Lesson(tab, model, _text(values.get("prompt"), "prompt", problems), _text(values.get("system"), "system",
                                                                                       problems),
                   settings, tuple(n.strip() for n in locks if n.strip() in LOCKABLE), _text(values.get("title"), "title",
                                                                                            problems)[:200],
-                  _text(values.get("notes"), "notes", problems), tuple(problems))
+                  _text(values.get("notes"), "notes", problems), example, tuple(problems))
 
 
 def lessons_dir() -> Path:

@@ -113,7 +113,9 @@ def onnx_bytes(folder: Path) -> int:
 class OnnxModel:
     """One exported model in an InferenceSession, with the names and shapes of its KV-cache inputs."""
 
-    def __init__(self, folder: Path, threads: int | None = None):
+    def __init__(self, folder: Path, threads: int | None = None, spinning: bool = True):
+        """`threads`: intra-op threads (None: as many as PyTorch uses); `spinning`: whether they busy-wait for the
+        next run (fast to wake, but a spinning thread holds a core the sampler may need)."""
         import onnxruntime as ort
 
         config = json.loads((folder / "genai_config.json").read_text())["model"]
@@ -129,6 +131,7 @@ class OnnxModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         self.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
         kv_type = next(i.type for i in self.session.get_inputs() if i.name == self.past_names[0])
         self.kv_dtype = np.float16 if "float16" in kv_type else np.float32
@@ -155,6 +158,20 @@ class OnnxModel:
         self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         return outputs[0].numpy(), outputs[1:]
+
+    def run_shared(self, ids: np.ndarray, mask: np.ndarray, cache: list) -> np.ndarray:
+        """One forward pass whose KV cache stays in place: each OrtValue in `cache` (rows, kv_heads, columns,
+        head_size) is bound as both past and present, and attention writes each row's new positions into it
+        (at the row's length, which it reads from the mask's sum). Returns the logits (rows, positions, vocab)."""
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", ids.astype(np.int64, copy=False))
+        binding.bind_cpu_input("attention_mask", mask.astype(np.int64, copy=False))
+        binding.bind_output("logits")  # first: outputs come back in the order they were bound
+        for past, present, value in zip(self.past_names, self.present_names, cache):
+            binding.bind_ortvalue_input(past, value)
+            binding.bind_ortvalue_output(present, value)
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy()
 
     def prefill(self, ids: list[int], keep_all: bool = False) -> tuple[np.ndarray, list]:
         logits, present = self.run(np.array([ids]), np.ones((1, len(ids))), self.empty_past())

@@ -1,7 +1,6 @@
 """Numeric precision of a loaded model: apply one, or pick the fastest faithful one on this CPU by measuring."""
 from __future__ import annotations
 
-import platform
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from core.common.json_cache import locked, read_json, write_json
+from core.models.device import cpu_signature
 from core.models.paths import cache_dir
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp16-weight", "int8-dynamic", "int8-weight")
@@ -153,7 +153,7 @@ def default_precision(device_kind: str) -> str:
 def _arch_key(model: nn.Module) -> str:
     cfg = model.config
     dims = [getattr(cfg, k, None) for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")]
-    return f"v5|{dims}|{platform.processor() or platform.machine()}|torch{torch.__version__}|t{torch.get_num_threads()}"
+    return f"v6|{dims}|{cpu_signature()}|torch{torch.__version__}|t{torch.get_num_threads()}"
 
 
 @torch.no_grad()
