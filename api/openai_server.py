@@ -1,5 +1,7 @@
 """OpenAI-compatible endpoints on the app's own server and port: GET /v1/models, POST /v1/chat/completions and
-POST /v1/completions. They use the same engines (and so the same batching and waiting line) as the Chat tab.
+POST /v1/completions, plus vLLM's POST /tokenize, POST /detokenize and GET /tokenizer_info (at the root, where
+vLLM and lm-evaluation-harness's remote tokenizer have them). They use the same engines (and so the same batching
+and waiting line) as the Chat tab; prompt log-probabilities (`echo`) come from the scoring pass the Evaluate tab uses.
 
 Wiring only: requests are checked and answers shaped by core.chat.openai_protocol. With an API key set
 (LLMPG_API_KEY), every call needs `Authorization: Bearer <key>`. Keys and prompts are never logged.
@@ -19,9 +21,19 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from core.chat.engine import GenerationError
-from core.chat.openai_protocol import ApiError, GenerationRequest, ResponseWriter, parse_request
-from core.chat.prompting import build_prompt
+from core.chat.openai_protocol import (
+    ApiError,
+    GenerationRequest,
+    ResponseWriter,
+    detokenize_answer,
+    parse_request,
+    prompt_ids,
+    tokenize_answer,
+    tokenizer_info,
+)
+from core.chat.prompting import build_prompt, context_length
 from core.common.errors import BusyError, PlaygroundError
+from core.evaluate.completions import answer_completions
 from core.services import Services
 
 log = logging.getLogger("llm_playground")
@@ -63,8 +75,8 @@ def _served(services: Services, model: str):
 
 def _submit(services: Services, parsed: GenerationRequest):
     served = _served(services, parsed.model)
-    if parsed.prompt is not None:  # /v1/completions: the text as it is
-        ids = served.tokenizer(parsed.prompt)["input_ids"]
+    if parsed.prompts:  # /v1/completions: the text (or the token ids) as it is
+        ids = prompt_ids(served.tokenizer, parsed.prompts[0], parsed.add_special_tokens, len(served.tokenizer), 0)
     else:
         prompt = build_prompt(served.tokenizer, list(parsed.turns), parsed.message, use_template=served.is_chat,
                               system=parsed.system, context=served.context,
@@ -75,11 +87,52 @@ def _submit(services: Services, parsed: GenerationRequest):
         engine_request = served.engine.submit(ids, parsed.settings, stop_strings=parsed.stop,
                                               record_steps=parsed.logprobs)
     except GenerationError as err:
-        raise ApiError(400, str(err), "messages" if parsed.prompt is None else "prompt",
+        raise ApiError(400, str(err), "prompt" if parsed.prompts else "messages",
                        code="context_length_exceeded") from None
     except BusyError as err:
         raise ApiError(429, str(err), type="rate_limit_error") from None
     return served, parsed, engine_request, len(ids)
+
+
+def _answer_many(services: Services, parsed: GenerationRequest) -> dict:
+    """Several prompts, or a scored request (echo, max_tokens 0, logprobs above 5): answered whole."""
+    served = _served(services, parsed.model)
+    vocabulary = len(served.tokenizer)
+    prompts = [prompt_ids(served.tokenizer, p, parsed.add_special_tokens, vocabulary, n)
+               for n, p in enumerate(parsed.prompts)]
+    try:
+        answers = answer_completions(served, parsed, prompts)
+    except GenerationError as err:
+        raise ApiError(400, str(err), "prompt", code="context_length_exceeded") from None
+    except BusyError as err:
+        raise ApiError(429, str(err), type="rate_limit_error") from None
+    except RuntimeError as err:  # a failed reply or forward pass: this request fails, the engine keeps serving
+        raise ApiError(500, f"The request failed: {err}", type="server_error") from None
+    texts = [p if isinstance(p, str) else served.tokenizer.decode(ids) for p, ids in zip(parsed.prompts, prompts)]
+    return ResponseWriter(parsed, served.tokenizer, 0, chat=False).answers(answers, texts)
+
+
+def _tokenizer(services: Services, model: str | None) -> tuple[object, int | None]:
+    """(tokenizer, context) of a model the API offers; without a model, the one being served (vLLM serves one)."""
+    if model is None:
+        served = {s.model_id: s for s in services.chat.served()}
+        if len(served) > 1:
+            raise ApiError(400, f"Several models are served here ({', '.join(served)}); name one in 'model'.", "model")
+        if served:
+            only = next(iter(served.values()))
+            return only.tokenizer, only.context
+        model = services.default_chat_model
+    offered = services.chat_models()
+    if model not in offered:
+        raise ApiError(404, f"The model '{model}' does not exist here; GET /v1/models lists the ones that do.",
+                       "model", code="model_not_found")
+    served = services.chat.ready(offered[model])
+    if served is not None:
+        return served.tokenizer, served.context
+    if services.manager.in_memory(offered[model]):
+        loaded = services.manager.load(offered[model])
+        return loaded.tokenizer, context_length(loaded.model, loaded.tokenizer)
+    return services.manager.tokenizer(offered[model]), None
 
 
 def _sse(payload) -> str:
@@ -118,17 +171,26 @@ async def _whole(http: Request, writer: ResponseWriter, engine_request) -> JSONR
     return JSONResponse(writer.whole(chunk))
 
 
+async def _json_body(http: Request) -> dict:
+    try:
+        body = await http.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    return body
+
+
 def openai_router(services: Services) -> APIRouter:
-    router = APIRouter(prefix="/v1")
+    """The /v1 routes, and beside them (at the root) the tokenizer routes."""
+    root, router = APIRouter(), APIRouter(prefix="/v1")
 
     async def generate(http: Request, chat: bool):
         try:
             _check_key(services, http)
-            try:
-                body = await http.json()
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise ApiError(400, "The request body is not valid JSON.") from None
-            parsed = parse_request(body, chat, services.settings.max_new_tokens)
+            parsed = parse_request(await _json_body(http), chat, services.settings.max_new_tokens)
+            if not chat and (parsed.scored or len(parsed.prompts) > 1):
+                return JSONResponse(await asyncio.to_thread(_answer_many, services, parsed))
             served, parsed, engine_request, prompt_tokens = await asyncio.to_thread(_submit, services, parsed)
         except ApiError as err:
             return _error(err)
@@ -157,7 +219,35 @@ def openai_router(services: Services) -> APIRouter:
     async def completions(http: Request):
         return await generate(http, chat=False)
 
-    return router
+    async def tokenizer_route(http: Request, answer):
+        try:
+            _check_key(services, http)
+            body = await _json_body(http) if http.method == "POST" else dict(http.query_params)
+            model = body.get("model")
+            if model is not None and not isinstance(model, str):
+                raise ApiError(400, "'model' must be a string.", "model")
+            tokenizer, context = await asyncio.to_thread(_tokenizer, services, model)
+            return answer(tokenizer, body, context)
+        except ApiError as err:
+            return _error(err)
+        except PlaygroundError as err:
+            return _error(ApiError(400, str(err)))
+
+    @root.post("/tokenize")
+    async def tokenize(http: Request):
+        return await tokenizer_route(http, tokenize_answer)
+
+    @root.post("/detokenize")
+    async def detokenize(http: Request):
+        return await tokenizer_route(http, lambda tokenizer, body, _context: detokenize_answer(tokenizer, body))
+
+    @root.get("/tokenizer_info")
+    async def info(http: Request):
+        return await tokenizer_route(http, lambda tokenizer, _body, context: tokenizer_info(tokenizer) | {
+            "model_max_length": context})
+
+    root.include_router(router)
+    return root
 
 
 def warn_if_open(services: Services, host: str) -> None:

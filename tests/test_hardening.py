@@ -135,7 +135,7 @@ def test_classroom_mode_hides_heavy_tabs_and_caps_replies(monkeypatch):
     args = app.parse_args(["--classroom"])
     settings = app.settings_from(args)
     assert settings.classroom and settings.max_new_tokens == 256 and settings.run_seconds == 300
-    assert app.chosen_tabs(args, settings.classroom) == ("chat", "classify", "explain", "bias")
+    assert app.chosen_tabs(args, settings.classroom) == ("chat", "classify", "evaluate", "explain", "bias")
     monkeypatch.setenv("LLMPG_CLASSROOM", "1")  # the same on a Space, through its variables
     assert app.settings_from(app.parse_args([])).classroom
     monkeypatch.setenv("LLMPG_CLASSROOM", "0")

@@ -23,7 +23,7 @@ from core.quantize.metrics import (
     size_quality_figure,
     speed_figure,
 )
-from core.quantize.perplexity import perplexity
+from core.evaluate.perplexity import perplexity
 from core.quantize.variants import (
     CompressionOptions,
     block_linears,
@@ -99,7 +99,7 @@ def test_conv1d_rewritten_as_exact_linear(tiny_lm_dirs):
 @pytest.mark.parametrize("name", ["int8-dynamic", "int8-weight"])
 def test_int8_is_over_twice_smaller_and_still_agrees(lm, name):
     model, tok = lm
-    built = build_variant(name, model, CompressionOptions())
+    built = build_variant(name, model, calibrated(CompressionOptions(), tok))
     assert built.compressed_share > 0.95  # embeddings included, not only the linears
     assert serialized_bytes(model) / serialized_bytes(built.model) >= 2.0
     ids = tok(TEXT[:200], return_tensors="pt").input_ids
@@ -350,3 +350,18 @@ def test_stop_during_healing_ends_the_run_without_a_failed_row(tiny_lm_dirs):
     results = [[r.variant for r in c.results] for c in compare_variants(
         "tiny", CAUSAL_LM, model, tok, ["wanda+lora", "bf16"], TEXT, settings=FAST, stop=stop)]
     assert results == [["fp32"]] and stop.reads < 0
+
+
+def test_int8_dynamic_keeps_fp32_activations_where_one_scale_per_tensor_crushes_them(tiny_lm_dirs):
+    from core.quantize.variants import FullRangeDynamicLinear, full_range_is_exact
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dirs["llama"]).eval()
+    with torch.no_grad():  # one huge channel into layer 0's down_proj, as LLaMA's massive activations are
+        model.model.layers[0].mlp.up_proj.weight[3] *= 2000
+    tok = AutoTokenizer.from_pretrained(tiny_lm_dirs["llama"])
+    built = build_variant("int8-dynamic", model, calibrated(CompressionOptions(), tok, TEXT))
+    layers = built.model.model.layers
+    assert isinstance(layers[0].mlp.down_proj, Int8WeightLinear) and "down_proj" in built.notes[0]
+    dynamic = FullRangeDynamicLinear if full_range_is_exact() else torch.ao.nn.quantized.dynamic.Linear
+    assert type(layers[1].mlp.gate_proj) is dynamic
+    assert ("full 8 bits" if full_range_is_exact() else "7 bits") in " ".join(built.notes)

@@ -17,6 +17,7 @@ TABS: dict[str, tuple[str, str]] = {
     "classify": ("ui.classify_tab", "🏷️ Classify & NER"),
     "finetune": ("ui.finetune_tab", "🎓 Fine-tune"),
     "quantize": ("ui.quantize_tab", "🗜️ Quantize"),
+    "evaluate": ("ui.evaluate_tab", "📏 Evaluate"),
     "explain": ("ui.explain_tab", "🔍 Explain"),
     "bias": ("ui.bias_tab", "⚖️ Bias"),
 }

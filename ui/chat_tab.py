@@ -171,7 +171,8 @@ class ChatHandlers:
             if not self.services.settings.allow_remote_servers:
                 raise InputError("Remote servers are turned off on this server (the operator can allow them with "
                                  "--allow-remote-servers).")
-            return model_summary(session.connect(RemoteServer.checked(base_url, model, api_key)))
+            check = session.connect(RemoteServer.checked(base_url, model, api_key))
+            return f"{model_summary(session.remote)}<br>Connected: {html.escape(check.found)}."
         except PlaygroundError as err:
             gr.Warning(str(err))
             current = session.remote.describe() if session.remote else session.model_id

@@ -62,28 +62,78 @@ def _fail(server: RemoteServer, err: Exception | str) -> RemoteError:
 
 
 def _error_message(response: httpx.Response) -> str:
+    """The server's own words: OpenAI's {"error": {"message"}}, or FastAPI's {"detail"} (transformers serve)."""
     try:
-        return response.json()["error"]["message"]
+        body = response.json()
+        return body["error"]["message"] if "error" in body else str(body["detail"])
     except (ValueError, KeyError, TypeError):
         return f"HTTP {response.status_code}"
 
 
-def check_server(server: RemoteServer) -> list[str]:
-    """The models the server lists; a RemoteError when it is down, refuses the key or does not know the model."""
+def _status(response: httpx.Response) -> str:
+    message = _error_message(response)
+    return message if message.startswith("HTTP ") else f"HTTP {response.status_code} ({message})"
+
+
+def _timeout() -> httpx.Timeout:
+    return httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+
+
+@dataclass(frozen=True)
+class ServerCheck:
+    """What connecting found: the models the server lists (maybe none) and, in words, how the model was confirmed."""
+
+    listed: tuple[str, ...]
+    found: str
+
+
+def _listing(server: RemoteServer) -> tuple[tuple[str, ...], str | None]:
+    """(models GET /models lists, what is wrong with that answer or None); a server that does not answer at all is a
+    RemoteError. The listing is advisory: some servers list only part of what they serve (transformers serve lists
+    hub-cache models only, and answers HTTP 500 without a hub cache)."""
     try:
-        response = httpx.get(f"{server.base_url}/models", headers=server.headers,
-                             timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
+        response = httpx.get(f"{server.base_url}/models", headers=server.headers, timeout=_timeout())
     except httpx.HTTPError as err:
         raise _fail(server, f"no answer ({type(err).__name__}). Is it running, and is the address right?") from None
     if response.status_code != 200:
-        raise _fail(server, _error_message(response))
+        return (), f"GET /models answered {_status(response)}"
     try:
-        models = [m["id"] for m in response.json()["data"]]
+        models = tuple(m["id"] for m in response.json()["data"])
     except (ValueError, KeyError, TypeError):
-        raise _fail(server, "its answer to GET /models is not the OpenAI format.") from None
+        return (), "GET /models did not answer in the OpenAI format"
     if server.model not in models:
-        raise _fail(server, f"it has no model '{server.model}'; it lists {', '.join(models[:8]) or 'none'}.")
-    return models
+        return models, f"GET /models does not list '{server.model}' (it lists {', '.join(models[:8]) or 'none'})"
+    return models, None
+
+
+def _one_token_reply(server: RemoteServer) -> None:
+    """A 1-token chat completion: whether the server really answers for the model."""
+    body = {"model": server.model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "stream": False}
+    try:
+        response = httpx.post(f"{server.base_url}/chat/completions", json=body, headers=server.headers,
+                              timeout=_timeout())
+    except httpx.HTTPError as err:
+        raise RemoteError(f"no answer ({type(err).__name__})") from None
+    if response.status_code != 200:
+        raise RemoteError(_status(response))
+    try:
+        response.json()["choices"][0]
+    except (ValueError, KeyError, TypeError, IndexError):
+        raise RemoteError("its answer is not the OpenAI format") from None
+
+
+def check_server(server: RemoteServer) -> ServerCheck:
+    """Whether the server serves the model: GET /models when it lists it, else one 1-token chat completion decides.
+    A RemoteError says what was found when neither does."""
+    listed, problem = _listing(server)
+    if problem is None:
+        return ServerCheck(listed, f"the server lists {server.model}")
+    try:
+        _one_token_reply(server)
+    except RemoteError as err:
+        raise _fail(server, f"{problem}, and a 1-token chat completion with '{server.model}' failed: {err}") from None
+    return ServerCheck(listed, f"{problem}, but a 1-token chat completion with '{server.model}' was answered, so it "
+                               "serves it")
 
 
 def _token(entry: dict) -> TokenInfo:
@@ -109,7 +159,7 @@ def remote_reply(server: RemoteServer, messages: list[dict], settings: SamplingS
     first_at = None
     try:
         with httpx.stream("POST", f"{server.base_url}/chat/completions", json=body, headers=server.headers,
-                          timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)) as response:
+                          timeout=_timeout()) as response:
             if response.status_code != 200:
                 response.read()
                 raise _fail(server, _error_message(response))

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 from core.chat.engine import GenerationError
 from core.chat.prompting import DEFAULT_SYSTEM_PROMPT, Prompt, Turn, build_prompt
-from core.chat.remote import RemoteServer, check_server, messages_for, remote_reply
+from core.chat.remote import RemoteServer, ServerCheck, check_server, messages_for, remote_reply
 from core.chat.sampling import SamplingSettings
 from core.chat.serving import ChatRuntimes, ServedModel
 from core.chat.token_view import TokenInfo, TokenStep, describe_steps
@@ -104,12 +104,12 @@ class ChatSession:
         self.model_id, self.trust_remote_code, self.remote = served.model_id, trust_remote_code, None
         return served
 
-    def connect(self, server: RemoteServer) -> RemoteServer:
+    def connect(self, server: RemoteServer) -> ServerCheck:
         """Chat with a model on another server from now on; if it cannot be used, the current model stays."""
-        check_server(server)
+        check = check_server(server)
         self.control.stop(UserAction.CONNECT)
         self.remote = server
-        return server
+        return check
 
     def served(self, runtimes: ChatRuntimes, progress: Progress | None = None) -> ServedModel:
         return runtimes.serve(self.model_id, self.trust_remote_code, progress)
@@ -123,7 +123,7 @@ class ChatSession:
         flag = self.control.begin(UserAction.SEND)  # a reply still running in this session ends first, and says why
         self.system = system
         if self.remote is not None:
-            yield from self._remote_reply(message, settings, system, flag)
+            yield from self._remote_reply(Exchange(message), settings, system, flag)
             return
         served = self.served(runtimes, progress)
         prompt = build_prompt(served.tokenizer, self.turns, message, use_template=served.is_chat, system=system,
@@ -155,20 +155,25 @@ class ChatSession:
             self.exchanges.append(exchange)
         yield ChatUpdate(self.turns, self.stats, prompt, notices, served, done=True, tokens=exchange.reply.tokens)
 
-    def _remote_reply(self, message: str, settings: SamplingSettings, system: str, flag) -> Iterator[ChatUpdate]:
+    def _remote_reply(self, exchange: Exchange, settings: SamplingSettings, system: str, flag) -> Iterator[ChatUpdate]:
+        """Stream the server's reply to `exchange` and add it as a new version (the exchange joins if it is new)."""
         server = self.remote
-        messages = messages_for(system, self.turns, message)
+        earlier = [e for e in self.exchanges if e is not exchange]
+        messages = messages_for(system, [Turn(e.user, e.reply.text) for e in earlier], exchange.user)
         prompt = Prompt([], json.dumps(messages, indent=1, ensure_ascii=False), "OpenAI messages (remote server)", (),
-                        message)
+                        exchange.user)
         notices: list[str] = []
         chunk, tokens = None, []
         for chunk, tokens in remote_reply(server, messages, settings, flag):
             if not chunk.done:
-                yield ChatUpdate(self.turns + [Turn(message, chunk.text)], self.stats + [chunk.stats], prompt, notices,
-                                 server)
+                yield ChatUpdate([Turn(e.user, e.reply.text) for e in earlier] + [Turn(exchange.user, chunk.text)],
+                                 [e.reply.stats for e in earlier] + [chunk.stats], prompt, notices, server)
         if not tokens and chunk.text:
             notices.append("The server sent no log probabilities, so the token view is empty for this reply.")
-        self.exchanges.append(Exchange(message, [Reply(chunk.text, chunk.stats, settings, tokens=tokens)]))
+        exchange.replies.append(Reply(chunk.text, chunk.stats, settings, tokens=tokens))
+        exchange.shown = len(exchange.replies) - 1
+        if exchange not in self.exchanges:
+            self.exchanges.append(exchange)
         yield ChatUpdate(self.turns, self.stats, prompt, notices, server, done=True, tokens=tokens)
 
     def branch(self, runtimes: ChatRuntimes, step: int, token_id: int, settings: SamplingSettings,
@@ -207,11 +212,11 @@ class ChatSession:
         one ◀ away."""
         if not self.exchanges:
             raise EmptyMessageError("Nothing to retry yet: send a message first.")
-        if self.remote is not None:
-            yield from self.reply(runtimes, self.undo(), settings, system, progress)
-            return
         flag = self.control.begin(UserAction.RETRY)
         self.system = system
+        if self.remote is not None:
+            yield from self._remote_reply(self.exchanges[-1], settings, system, flag)
+            return
         served = self.served(runtimes, progress)
         exchange = self.exchanges[-1]
         prompt = build_prompt(served.tokenizer, self.turns[:-1], exchange.user, use_template=served.is_chat,

@@ -277,7 +277,7 @@ class CausalLmTask(FineTuneTask):
         return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE, padding=True)
 
     def _perplexity(self, model, tokenizer, examples: LmTexts, max_length: int):
-        from core.quantize.perplexity import perplexity
+        from core.evaluate.perplexity import perplexity
 
         was_training = model.training
         model.eval()

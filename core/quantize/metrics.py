@@ -23,7 +23,7 @@ from core.common.errors import InputError, StoppedError, check_number
 from core.common.stopping import StopFlag
 from core.common.uploads import UploadError, read_table, require_columns
 from core.models.registry import CAUSAL_LM
-from core.quantize.perplexity import encode, scored_windows
+from core.evaluate.perplexity import encode, scored_windows
 from core.quantize.variants import VARIANTS, CompressionOptions, build_variant, calibrated, unavailable_reason
 
 Progress = Callable[[float, str], None]

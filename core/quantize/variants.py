@@ -9,25 +9,31 @@ A variant that cannot run here says why through `unavailable_reason` instead of 
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import logging
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from core.common.errors import InputError, check_number
 from core.common.stopping import StopFlag
 from core.models.paths import calibration_text
 from core.models.precision import Int8WeightLinear, conv1d_to_linear, int8_weight_only
-from core.quantize.activation_aware import FactoredLinear, collect_stats, low_rank, wanda_prune
+from core.quantize.activation_aware import WINDOW, FactoredLinear, collect_stats, low_rank, wanda_prune
 from core.quantize.healing import HEALING_FILE, HealSettings, adapter_params, heal, healing_text
 
 # bitsandbytes logs on every int8 matmul that CPU float32 inputs are cast to float16: expected here, and noisy.
 logging.getLogger("bitsandbytes.autograd._functions").addFilter(lambda record: "inputs will be cast" not in record.msg)
+# int8-dynamic: a linear whose output moves more than this (relative) when its input is quantized per tensor keeps
+# fp32 activations (int8 weight-only) instead.
+MAX_DYNAMIC_ERROR = 0.05
 
 @dataclass(frozen=True)
 class CompressionOptions:
@@ -117,39 +123,124 @@ def build_fp32(fp32: nn.Module, _opts: CompressionOptions) -> BuiltVariant:
     return BuiltVariant(fp32, 0, unique_params(fp32), ["the reference every other variant is compared with"])
 
 
-def _quantize_embeddings(model: nn.Module, linear_qconfig=None) -> nn.Module:
-    """Embedding tables to int8 (weight-only, one scale per row), and linears to dynamic int8 when given a qconfig."""
-    from torch.ao.quantization import float_qparams_weight_only_qconfig
+class FullRangeDynamicLinear(torch.ao.nn.quantized.dynamic.Linear):
+    """torch's dynamic int8 linear with its activations at the full 8-bit range. torch always asks its kernel for
+    7 bits (`reduce_range`), which CPUs without VNNI need, as their u8 x s8 pair sums would overflow int16; where the
+    kernel is measured exact at the full range (`full_range_is_exact`) those 7 bits only halve the resolution."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range=False).to(x.dtype)
+
+
+def _dynamic_int8(model: nn.Module, linear_class: type | None) -> nn.Module:
+    """Embedding tables to int8 (weight-only, one scale per row) and, with a class, nn.Linear to dynamic int8."""
+    from torch.ao.quantization import float_qparams_weight_only_qconfig, per_channel_dynamic_qconfig
+    from torch.ao.quantization.quantization_mappings import get_default_dynamic_quant_module_mappings
 
     spec = {nn.Embedding: float_qparams_weight_only_qconfig}
-    if linear_qconfig is not None:
-        spec[nn.Linear] = linear_qconfig
+    mapping = get_default_dynamic_quant_module_mappings()
+    if linear_class is not None:
+        spec[nn.Linear] = per_channel_dynamic_qconfig
+        mapping = mapping | {nn.Linear: linear_class}
     with warnings.catch_warnings():  # torch.ao is deprecated in 2.13 but still the fastest int8 path on CPU
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8, mapping=mapping)
 
 
-def _int8_builder(linear_qconfig: Callable[[], object] | None, note: str):
-    def build(fp32: nn.Module, _opts: CompressionOptions) -> BuiltVariant:
-        model, notes = _linear_copy(fp32)
-        # The int8 weight-only kernel needs inner sizes in blocks of 32: other linears stay fp32 and don't count.
-        layers = [m for m in model.modules() if type(m) is nn.Embedding or isinstance(m, nn.Linear) and (
-            linear_qconfig is not None or Int8WeightLinear.supports(m.in_features))]
-        compressed = sum({id(p): p.numel() for m in layers for p in m.parameters()}.values())  # tied tables once
-        if linear_qconfig is None:
-            int8_weight_only(model)
-        model = _quantize_embeddings(model, linear_qconfig() if linear_qconfig else None)
-        if getattr(getattr(fp32, "config", None), "tie_word_embeddings", False):
-            notes.append("tied embedding and lm_head are stored as two int8 tables")
-        return BuiltVariant(model, compressed, unique_params(fp32), notes + [note])
-
-    return build
+@functools.cache
+def full_range_is_exact() -> bool:
+    """Whether this CPU's dynamic int8 kernel multiplies 8-bit activations exactly: an input whose pairs of products
+    overflow int16 (255 x 127 x 2) must come out right, not saturated."""
+    layer = nn.Linear(256, 8, bias=False)
+    nn.init.ones_(layer.weight)
+    x = torch.ones(4, 256)
+    x[:, 0] = 0  # the activation range [0, 1]: every other input quantizes to 255
+    quantized = _dynamic_int8(nn.Sequential(layer), FullRangeDynamicLinear)[0]
+    with torch.no_grad():
+        return torch.allclose(quantized(x), layer(x), rtol=1e-2)
 
 
-def _dynamic_qconfig():
-    from torch.ao.quantization import per_channel_dynamic_qconfig
+def _fake_quant_per_tensor(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """x rounded as the dynamic kernel rounds it: one asymmetric scale for the whole tensor."""
+    low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = (high - low) / (levels - 1) or 1.0
+    zero = round(-low / scale)
+    return (torch.clamp(torch.round(x / scale) + zero, 0, levels - 1) - zero) * scale
 
-    return per_channel_dynamic_qconfig
+
+def _lossy_dynamic_layers(model: nn.Module, ids: torch.Tensor, levels: int) -> list[str]:
+    """Names of the linears whose output moves by more than MAX_DYNAMIC_ERROR (relative, the mean over tokens) on the
+    calibration text when their input is quantized per tensor: layers fed activation outliers (LLaMA's down_proj)."""
+    worst: dict[str, float] = {}
+    names = {layer: name for name, layer in model.named_modules() if isinstance(layer, nn.Linear)}
+
+    def hook(layer, inputs, output):
+        moved = F.linear(_fake_quant_per_tensor(inputs[0].detach(), levels), layer.weight, layer.bias) - output
+        # per token: one token with huge activations sets the scale and would hide that every other token is crushed
+        error = float((moved.norm(dim=-1) / output.norm(dim=-1).clamp_min(1e-12)).mean())
+        worst[names[layer]] = max(worst.get(names[layer], 0.0), error)
+
+    window = min(WINDOW, getattr(model.config, "max_position_embeddings", WINDOW))  # encoders read fewer positions
+    handles = [layer.register_forward_hook(hook) for layer in names]
+    try:
+        with torch.no_grad():
+            for start in range(0, ids.shape[1] - 1, window):
+                model(input_ids=ids[:, start:start + window])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [name for name, error in worst.items() if error > MAX_DYNAMIC_ERROR]
+
+
+def _weight_only_where_lossy(model: nn.Module, opts: CompressionOptions, levels: int) -> list[str]:
+    """Swap the lossy linears for int8 weight-only ones (activations not quantized); returns a note saying which."""
+    lossy = _lossy_dynamic_layers(model, _calibration(model, opts), levels)
+    swapped = []
+    for name in lossy:
+        parent_name, _, attribute = name.rpartition(".")
+        layer = model.get_submodule(name)
+        if Int8WeightLinear.supports(layer.in_features):
+            setattr(model.get_submodule(parent_name), attribute, Int8WeightLinear(layer.weight, layer.bias))
+            swapped.append(attribute)
+    if not swapped:
+        return []
+    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(Counter(swapped).items(), key=lambda kv: -kv[1]))
+    return [f"{len(swapped)} linears ({kinds}) lost more than {MAX_DYNAMIC_ERROR:.0%} of their output to one activation "
+            f"scale per tensor on {len(opts.calibration_ids)} tokens of {opts.calibration_name}: they run int8 "
+            "weight-only (activations not quantized)"]
+
+
+def build_int8_dynamic(fp32: nn.Module, opts: CompressionOptions) -> BuiltVariant:
+    """Dynamic int8 linears at the activation range this CPU's kernel computes exactly, except the layers whose
+    inputs carry outliers (measured on the calibration text), which keep int8 weights with fp32 activations."""
+    model, notes = _linear_copy(fp32)
+    compressed = _int8_params(model, lambda _m: True)
+    full = full_range_is_exact()
+    notes += _weight_only_where_lossy(model, opts, 256 if full else 128)
+    model = _dynamic_int8(model, FullRangeDynamicLinear if full else torch.ao.nn.quantized.dynamic.Linear)
+    notes.append("activations quantized per tensor at run time, at the full 8 bits (this CPU's int8 kernel was measured "
+                 "exact there)" if full else "activations quantized per tensor at run time, at 7 bits (torch's "
+                 "reduce_range: this CPU's int8 kernel saturates at the full 8 bits)")
+    return BuiltVariant(model, compressed, unique_params(fp32), notes + _tied_note(fp32))
+
+
+def build_int8_weight(fp32: nn.Module, _opts: CompressionOptions) -> BuiltVariant:
+    model, notes = _linear_copy(fp32)
+    # The int8 weight-only kernel needs inner sizes in blocks of 32: other linears stay fp32 and don't count.
+    compressed = _int8_params(model, lambda m: Int8WeightLinear.supports(m.in_features))
+    model = _dynamic_int8(int8_weight_only(model), None)
+    return BuiltVariant(model, compressed, unique_params(fp32), notes + _tied_note(fp32) + [
+        "int8 weight-only matmul kernel, activations are not quantized"])
+
+
+def _int8_params(model: nn.Module, linear_kept: Callable[[nn.Linear], bool]) -> int:
+    layers = [m for m in model.modules() if type(m) is nn.Embedding or isinstance(m, nn.Linear) and linear_kept(m)]
+    return sum({id(p): p.numel() for m in layers for p in m.parameters()}.values())  # tied tables once
+
+
+def _tied_note(fp32: nn.Module) -> list[str]:
+    tied = getattr(getattr(fp32, "config", None), "tie_word_embeddings", False)
+    return ["tied embedding and lm_head are stored as two int8 tables"] if tied else []
 
 
 def _replace_block_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> int:
@@ -328,11 +419,11 @@ VARIANTS: dict[str, VariantSpec] = {spec.name: spec for spec in (
     VariantSpec("bf16", "bfloat16 weights and activations", _dtype_builder(torch.bfloat16), _always),
     VariantSpec("fp16", "float16 weights and activations", _dtype_builder(torch.float16), _needs_gpu),
     # Dynamic int8 also quantizes activations, one scale per tensor: layers fed outlier activations (LLaMA's
-    # down_proj) lose the most, which is why the weight-only variant sits next to it.
-    VariantSpec("int8-dynamic", "torch.ao dynamic int8 linears + int8 embeddings",
-                _int8_builder(_dynamic_qconfig, "activations quantized per tensor at run time"), _always),
+    # down_proj) lose the most, so those keep fp32 activations (measured per layer on the calibration text).
+    VariantSpec("int8-dynamic", "torch.ao dynamic int8 linears + int8 embeddings; layers fed outliers int8 weight-only",
+                build_int8_dynamic, _always),
     VariantSpec("int8-weight", "int8 weights, fp32 activations + int8 embeddings (the Chat tab's int8)",
-                _int8_builder(None, "int8 weight-only matmul kernel, activations are not quantized"), _always),
+                build_int8_weight, _always),
     VariantSpec("bnb-int8", "bitsandbytes LLM.int8 linears (slow on CPU)", _bnb_builder(_bnb_int8),
                 _needs_module("bitsandbytes", "pip install bitsandbytes")),
     VariantSpec("bnb-nf4", "bitsandbytes 4-bit NF4 linears (slow on CPU)", _bnb_builder(_bnb_nf4),
