@@ -14,7 +14,8 @@ def reply_text(chatbot: list[dict]) -> str:
 
 
 def load(client: Client, folder) -> str:
-    return client.predict(model_id=str(folder), allow_remote_code=False, api_name="/chat_load_model")
+    info, _picker = client.predict(model_id=str(folder), allow_remote_code=False, api_name="/chat_load_model")
+    return info
 
 
 def test_load_a_folder_then_chat_through_the_api(client, tiny_lm_dirs):
@@ -35,8 +36,10 @@ def test_load_a_folder_then_chat_through_the_api(client, tiny_lm_dirs):
 
 def test_an_unknown_model_keeps_the_previous_one(client, tiny_lm_dirs):
     load(client, tiny_lm_dirs["gpt2"])
-    info = load(client, "no-such-org/no-such-model")
+    info, picker = client.predict(model_id="no-such-org/no-such-model", allow_remote_code=False,
+                                  api_name="/chat_load_model")
     assert "no-such-org/no-such-model" in info and "Offline choices" in info and str(tiny_lm_dirs["gpt2"]) in info
+    assert picker == str(tiny_lm_dirs["gpt2"])  # the picker goes back to the model that serves
     chatbot, *_, prompt, _info, _version = client.predict(message="Hi", temperature=0, max_new_tokens=3,
                                                           api_name="/chat_send")
     assert prompt.endswith("User: Hi\nAssistant:")  # still the base gpt2 model, plain continuation
@@ -87,14 +90,14 @@ def test_eight_users_at_once_share_decode_steps_and_one_stop_leaves_the_rest(app
     assert any("batched with" in r[2] for r in results[1:])
 
 
-def test_changing_model_stops_a_running_reply(app_url, tiny_lm_dirs, no_eos):
+def test_changing_model_ends_a_running_reply_and_says_so(app_url, tiny_lm_dirs, no_eos):
     user = Client(app_url, verbose=False)
     load(user, tiny_lm_dirs["gpt2"])
     job = user.submit(message="Go on", temperature=1.0, max_new_tokens=400, seed=3, api_name="/chat_send")
     while not job.outputs():
         time.sleep(0.05)
     assert "phi3" in load(user, tiny_lm_dirs["phi3"])
-    assert "stopped by user" in job.result()[2]
+    assert "ended: you loaded another model" in job.result()[2]
 
 
 @pytest.mark.browser

@@ -124,7 +124,8 @@ def test_api_seed_and_remote_code_get_clear_messages(client, tiny_lm_dirs):
     client.predict(model_id=str(tiny_lm_dirs["llama"]), allow_remote_code=False, api_name="/chat_load_model")
     status = client.predict(message="Hi", seed=2**70, max_new_tokens=2, api_name="/chat_send")[2]
     assert "Seed must be between -1 and" in status
-    info = client.predict(model_id=str(tiny_lm_dirs["gpt2"]), allow_remote_code=True, api_name="/chat_load_model")
+    info, _picker = client.predict(model_id=str(tiny_lm_dirs["gpt2"]), allow_remote_code=True,
+                                   api_name="/chat_load_model")
     assert "turned off on this server" in info
 
 

@@ -182,7 +182,7 @@ def second_app(tmp_path_factory, tiny_lm_dirs):
 def test_chat_through_a_remote_server_with_token_view_and_stop(client, second_app, tiny_lm_dirs, monkeypatch):
     url, other = second_app
     model = str(tiny_lm_dirs["llama"])
-    connect = lambda base, name: client.predict(session_url := base, name, "", api_name="/chat_connect_remote")  # noqa
+    connect = lambda base, name: client.predict(base, name, "", api_name="/chat_connect_remote")  # noqa: E731
     assert "http:// or https://" in connect("ftp://example.org", model)
     assert "no answer" in connect("http://127.0.0.1:9/v1", model) and "Still using" in connect("http://127.0.0.1:9", model)
     assert "HTTP 404" in connect(url + "gradio_api", model)

@@ -98,6 +98,7 @@ def test_branch_versions_sampling_export_and_import_through_the_api(chatting, se
     assert "version **2 of 2**" in branched[6] and "branched at token 3" in branched[6]
     back = client.predict(api_name="/chat_previous_version")
     assert "version **1 of 2**" in back[2] and back[0][-1]["content"] != branched[0][-1]["content"]
+    assert back[3].startswith("**Last reply:**") and back[3] != branched[2]  # the status line follows the version
     plot, text = client.predict(step=2, api_name="/sampling_steps")
     assert "Step 2" in text and plot is not None
     markdown, exported = client.predict(with_tokens=True, api_name="/chat_export")

@@ -158,13 +158,15 @@ class ChatHandlers:
         return settings
 
     # ---- the model ---------------------------------------------------------------------------------------------
-    def load_model(self, session: ChatSession, model_id: str, allow_remote_code: bool, progress=gr.Progress()) -> str:
+    def load_model(self, session: ChatSession, model_id: str, allow_remote_code: bool, progress=gr.Progress()):
+        """Outputs: the model summary, and the picker: back on the model that serves when the new one fails to load
+        (the warning says why), so the picker always shows what serves."""
         try:
-            return model_summary(session.load(self.services.chat, model_id, allow_remote_code,
-                                              progress_callback(progress)))
+            served = session.load(self.services.chat, model_id, allow_remote_code, progress_callback(progress))
+            return model_summary(served), gr.skip()
         except PlaygroundError as err:
             gr.Warning(str(err))
-            return f"❌ {err}\n\nStill using **{session.model_id}**."
+            return f"❌ {err}\n\nStill using **{session.model_id}**.", session.model_id
 
     def connect_remote(self, session: ChatSession, base_url: str, model: str, api_key: str) -> str:
         try:
@@ -181,17 +183,21 @@ class ChatHandlers:
     # ---- replies -----------------------------------------------------------------------------------------------
     @on_gpu  # a ZeroGPU Space lends a GPU for the call; elsewhere a no-op
     def send(self, session: ChatSession, message: str, system: str, temperature: float, top_k: int, top_p: float,
-             min_p: float, repetition_penalty: float, max_new_tokens: int, seed: int, progress=gr.Progress()):
+             min_p: float, repetition_penalty: float, max_new_tokens: int, seed: int, no_system: bool = False,
+             progress=gr.Progress()):
+        """`no_system`: send no system prompt at all (an empty box lets the chat template write its own)."""
         yield from self._stream(session, message, lambda p: session.reply(
             self.services.chat, message, self.settings(temperature, top_k, top_p, min_p, repetition_penalty,
-                                                          max_new_tokens, seed), system, p), progress)
+                                                          max_new_tokens, seed), None if no_system else system, p),
+                                progress)
 
     @on_gpu
     def retry(self, session: ChatSession, system: str, temperature: float, top_k: int, top_p: float, min_p: float,
-              repetition_penalty: float, max_new_tokens: int, seed: int, progress=gr.Progress()):
+              repetition_penalty: float, max_new_tokens: int, seed: int, no_system: bool = False,
+              progress=gr.Progress()):
         yield from self._stream(session, gr.skip(), lambda p: session.retry(
             self.services.chat, self.settings(temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens,
-                                                 seed), system, p), progress)
+                                                 seed), None if no_system else system, p), progress)
 
     @on_gpu
     def branch(self, session: ChatSession, step: int, token_id: int, temperature: float, top_k: int, top_p: float,
@@ -230,8 +236,11 @@ class ChatHandlers:
 
     @staticmethod
     def show_version(session: ChatSession, offset: int):
+        """Outputs: chatbot, token view, version label and the status line, all about the version now shown."""
         session.show(offset)
-        return chat_messages(session.turns, session.stats), token_view(session), version_label(session)
+        stats = session.stats[-1] if session.stats else None
+        return (chat_messages(session.turns, session.stats), token_view(session), version_label(session),
+                f"**Last reply:** {describe_stats(stats)}" if stats else "")
 
     @staticmethod
     def undo(session: ChatSession):
@@ -259,8 +268,9 @@ class ChatHandlers:
         return str(folder / "conversation.md"), str(folder / "conversation.json")
 
     def restore(self, session: ChatSession, path: str | None):
-        """Outputs: chatbot, status, token view, version label, system prompt, then the seven settings."""
-        keep = (gr.skip(),) * (3 + len(SETTING_NAMES))  # token view, version label, system prompt, settings
+        """Outputs: chatbot, status, token view, version label, system prompt, "no system prompt", then the seven
+        settings."""
+        keep = (gr.skip(),) * (4 + len(SETTING_NAMES))  # token view, version, system prompt and its tick, settings
         if not path:
             return gr.skip(), "⚠️ Upload a conversation.json exported from this app.", *keep
         try:
@@ -275,7 +285,7 @@ class ChatHandlers:
                   f"({model.get('runtime', 'remote')}, {model.get('precision', '')}); the settings of the last reply "
                   "are back on the sliders.")
         return (chat_messages(session.turns, session.stats), status, token_view(session), version_label(session),
-                system, *values)
+                system or "", system is None, *values)
 
 
 def build_tab(shell) -> dict[str, gr.Component]:
@@ -309,6 +319,8 @@ def build_tab(shell) -> dict[str, gr.Component]:
             c["system"] = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=3,
                                      info="Instruct models get it through their chat template; base models as the first "
                                           "line")
+            c["no_system"] = gr.Checkbox(False, label="No system prompt",
+                                         info="Send none at all: with an empty box, some chat templates write their own")
             c["temperature"] = gr.Slider(0, 2, 0.7, step=0.05, label="Temperature",
                                          info="0 = greedy: always the likeliest token")
             c["top_k"] = gr.Slider(0, 200, 50, step=1, label="Top-k", info="Keep the k likeliest tokens (0 = off)")
@@ -372,10 +384,11 @@ def wire(handlers: ChatHandlers, c: dict, services: Services) -> None:
     # Replies wait in the engine's own line (which shows each user their place) and decode in batches there.
     generating = dict(concurrency_limit=64, concurrency_id="chat_generate", show_progress="minimal")
     # A message sent while a reply streams waits for it (always_last) and is then sent from the box, where it stayed.
-    gr.on([c["message"].submit, c["send"].click], handlers.send, [session, c["message"], c["system"], *settings],
-          stream_outputs, api_name="chat_send", trigger_mode="always_last", **generating)
-    c["retry"].click(handlers.retry, [session, c["system"], *settings], stream_outputs, api_name="chat_retry",
-                     **generating)
+    gr.on([c["message"].submit, c["send"].click], handlers.send,
+          [session, c["message"], c["system"], *settings, c["no_system"]], stream_outputs, api_name="chat_send",
+          trigger_mode="always_last", **generating)
+    c["retry"].click(handlers.retry, [session, c["system"], *settings, c["no_system"]], stream_outputs,
+                     api_name="chat_retry", **generating)
     c["branch"].click(handlers.branch, [session, c["branch_step"], c["branch_token"], *settings], stream_outputs,
                       api_name="chat_branch", **generating)
     c["token_view"].click(handlers.branch_clicked, [session, *settings], stream_outputs, api_visibility="private",
@@ -383,7 +396,7 @@ def wire(handlers: ChatHandlers, c: dict, services: Services) -> None:
     c["stop"].click(handlers.stop, session, None, api_name="chat_stop", **STOP)
     for button, offset, name in ((c["previous"], -1, "chat_previous_version"), (c["next"], 1, "chat_next_version")):
         button.click(partial(handlers.show_version, offset=offset), session,
-                     [c["chatbot"], c["token_view"], c["version"]], api_name=name)
+                     [c["chatbot"], c["token_view"], c["version"], c["status"]], api_name=name)
     c["undo"].click(handlers.undo, session, [c["chatbot"], c["message"], c["token_view"], c["version"]],
                     api_name="chat_undo")
     c["clear"].click(handlers.clear, session, [c["chatbot"], c["message"], c["token_view"], c["prompt"], c["version"]],
@@ -391,8 +404,8 @@ def wire(handlers: ChatHandlers, c: dict, services: Services) -> None:
     c["export"].click(handlers.export, [session, c["with_tokens"]], [c["markdown_file"], c["json_file"]],
                       api_name="chat_export")
     c["upload"].upload(handlers.restore, [session, c["upload"]],
-                       [c["chatbot"], c["status"], c["token_view"], c["version"], c["system"], *settings],
-                       api_name="chat_import")
+                       [c["chatbot"], c["status"], c["token_view"], c["version"], c["system"], c["no_system"],
+                        *settings], api_name="chat_import")
     # Picking a preset (or another tab sending a model here) loads it; Load retries, e.g. after ticking remote code.
     gr.on([c["load"].click, c["model"].change], handlers.load_model, [session, c["model"], c["allow_remote_code"]],
-          c["model_info"], api_name="chat_load_model")
+          [c["model_info"], c["model"]], api_name="chat_load_model")

@@ -215,8 +215,8 @@ def stages_figure(steps: SamplingSteps) -> go.Figure:
 def conversation_markdown(session: ChatSession, model: str) -> str:
     lines = [f"# Conversation with {model}", "", f"*Exported {time.strftime('%Y-%m-%d %H:%M')} from LLM Playground.*",
              ""]
-    if session.system.strip():
-        lines += [f"**System prompt:** {session.system}", ""]
+    if session.system is None or session.system.strip():
+        lines += [f"**System prompt:** {session.system if session.system is not None else '(none)'}", ""]
     for exchange in session.exchanges:
         reply = exchange.reply
         versions = f" (version {exchange.shown + 1} of {len(exchange.replies)})" if len(exchange.replies) > 1 else ""

@@ -1,7 +1,8 @@
 """Does a faster runtime or precision answer like the fp32 model? The measurements behind the runtime choice.
 
 Three checks, each against fp32 PyTorch:
-- next-token agreement on a probe text and perplexity on the first EVAL_TOKENS tokens of assets/eval_text.txt
+- next-token agreement on a probe text, and perplexity on assets/eval_text.txt measured as the Evaluate and Quantize
+  tabs measure it (core/evaluate/perplexity.py: 512-token windows, stride 256), so all three show one number
   (teacher forced: every position sees the true text before it);
 - a generation check: the team's short questions (assets/generation_check.json, the "choose" half), each with and
   without the default system prompt, answered greedily. Teacher forcing alone missed a garbled answer (98 %
@@ -15,7 +16,6 @@ Three checks, each against fp32 PyTorch:
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -27,12 +27,13 @@ from core.chat.backends import Backend
 from core.chat.prompting import DEFAULT_SYSTEM_PROMPT, build_prompt
 from core.chat.sampler import BatchSampler, RowSampler
 from core.chat.sampling import SamplingSettings
+from core.evaluate.perplexity import scored_bytes, text_ids, window_length, windowed_perplexity
 from core.models.paths import assets_dir
 from core.models.precision import probe_ids
 
 MIN_AGREEMENT = 0.90
 MAX_PERPLEXITY_RATIO = 1.03
-EVAL_TOKENS = 512
+WINDOW, STRIDE = 512, 256  # the Evaluate tab's defaults
 CHECK_TOKENS = 40  # long enough for every right answer of fp32's on the check questions
 SPEED_TOKENS, SPEED_BATCH = 16, 8
 GREEDY = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=CHECK_TOKENS)
@@ -131,14 +132,12 @@ def measure_speed(backend: Backend, prompt: list[int]) -> Speed:
 
 
 # ---- teacher-forced quality and the whole verdict ----------------------------------------------------------------
-def eval_ids(tokenizer, context: int = EVAL_TOKENS) -> list[int]:
+def text_perplexity(backend: Backend, tokenizer) -> float:
+    """Perplexity of assets/eval_text.txt, as the Evaluate and Quantize tabs compute it."""
     text = (assets_dir() / "eval_text.txt").read_text(encoding="utf-8")
-    return tokenizer(text)["input_ids"][:min(EVAL_TOKENS, context)]
-
-
-def perplexity_of(logits: torch.Tensor, ids: list[int]) -> float:
-    log_probs = torch.log_softmax(logits[:-1].float(), dim=-1)
-    return math.exp(-log_probs.gather(1, torch.tensor(ids[1:])[:, None]).mean().item())
+    ids = text_ids(tokenizer, text)
+    return windowed_perplexity(lambda job: job(backend), ids, window_length(WINDOW, backend.context), STRIDE,
+                               scored_bytes(tokenizer, text, len(ids))).perplexity
 
 
 @dataclass(frozen=True)
@@ -146,7 +145,7 @@ class Quality:
     """How closely a served model predicts and answers like the fp32 model, and how fast it is."""
 
     agreement: float  # share of next-token predictions equal to fp32's on the probe text
-    perplexity: float  # on the first EVAL_TOKENS tokens of assets/eval_text.txt
+    perplexity: float  # of assets/eval_text.txt (text_perplexity)
     fp32_perplexity: float
     decode_tok_s: float = 0.0  # one request, the Chat tab's default sampling
     batch_tok_s: float = 0.0  # SPEED_BATCH requests at once, aggregate
@@ -177,23 +176,21 @@ class Reference:
 
     probe: list[int]
     probe_argmax: torch.Tensor
-    eval: list[int]
     perplexity: float
     replies: list[str] = field(default_factory=list)  # greedy answers to the check questions
     questions: list[CheckQuestion] = field(default_factory=list)
 
     @classmethod
     def of(cls, backend: Backend, tokenizer, eos_ids: set[int], is_chat: bool) -> Reference:
-        probe, ids = probe_ids(tokenizer)[0].tolist(), eval_ids(tokenizer, backend.context)
-        questions = check_questions()
-        return cls(probe, backend.full_logits(probe).argmax(-1), ids, perplexity_of(backend.full_logits(ids), ids),
+        probe, questions = probe_ids(tokenizer)[0].tolist(), check_questions()
+        return cls(probe, backend.full_logits(probe).argmax(-1), text_perplexity(backend, tokenizer),
                    greedy_replies(backend, tokenizer, eos_ids, is_chat, questions), questions)
 
     def measure(self, backend: Backend, tokenizer, eos_ids: set[int], is_chat: bool,
                 progress: Callable[[str], None] = lambda _: None) -> Quality:
         """Teacher-forced checks first; the generation check only for a variant that passes them."""
         agreement = float((backend.full_logits(self.probe).argmax(-1) == self.probe_argmax).float().mean())
-        quality = Quality(agreement, perplexity_of(backend.full_logits(self.eval), self.eval), self.perplexity)
+        quality = Quality(agreement, text_perplexity(backend, tokenizer), self.perplexity)
         if not quality.teacher_forced_ok:
             return quality
         progress("asking the check questions")

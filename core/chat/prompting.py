@@ -60,10 +60,36 @@ def plain_transcript(system: str, history: list[Turn], message: str) -> str:
     return "\n".join(lines)
 
 
-def _template_text(tokenizer, system: str, history: list[Turn], message: str) -> str:
+_MARK = "\u2063SYSTEM\u2063"  # a system text no template writes on its own
+
+
+def template_system_default(tokenizer) -> str | None:
+    """The system prompt a chat template writes by itself when the conversation has none (SmolLM2's writes "You are
+    a helpful AI assistant named SmolLM, trained by Hugging Face"), or None when it writes none."""
+    user = [{"role": "user", "content": "Hi"}]
+    try:
+        bare = tokenizer.apply_chat_template(user, tokenize=False)
+        marked = tokenizer.apply_chat_template([{"role": "system", "content": _MARK}] + user, tokenize=False)
+    except Exception:  # a template without a system role writes no default either
+        return None
+    before, _, after = marked.partition(_MARK)
+    if not after or not bare.startswith(before) or not bare.endswith(after):
+        return None
+    default = bare[len(before):len(bare) - len(after)]
+    return default.strip() or None
+
+
+def _template_text(tokenizer, system: str | None, history: list[Turn], message: str) -> str:
+    """`system` None: an empty system turn, so the template writes none of its own (a real "no system prompt")."""
     messages = [m for t in history for m in ({"role": "user", "content": t.user},
                                              {"role": "assistant", "content": t.reply})]
     messages.append({"role": "user", "content": message})
+    if system is None:
+        try:
+            return tokenizer.apply_chat_template([{"role": "system", "content": ""}] + messages, tokenize=False,
+                                                 add_generation_prompt=True)
+        except Exception:  # a template without a system role: nothing to leave out
+            system = ""
     if system.strip():
         try:
             return tokenizer.apply_chat_template([{"role": "system", "content": system}] + messages,
@@ -74,19 +100,26 @@ def _template_text(tokenizer, system: str, history: list[Turn], message: str) ->
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def _render(tokenizer, use_template: bool, system: str, history: list[Turn], message: str) -> tuple[str, list[int]]:
+def _render(tokenizer, use_template: bool, system: str | None, history: list[Turn], message: str
+            ) -> tuple[str, list[int]]:
     if use_template:
         text = _template_text(tokenizer, system, history, message)
         # The template already wrote any BOS token it wants; adding specials again would double it.
         return text, tokenizer(text, add_special_tokens=False)["input_ids"]
-    text = plain_transcript(system, history, message)
+    text = plain_transcript(system or "", history, message)
     return text, tokenizer(text)["input_ids"]
 
 
-def build_prompt(tokenizer, history: list[Turn], message: str, *, use_template: bool, system: str = DEFAULT_SYSTEM_PROMPT,
-                 context: int = FALLBACK_CONTEXT, max_new_tokens: int = 256) -> Prompt:
-    """Fit system + history + message into `context` minus room for the reply, oldest turns first out."""
+def build_prompt(tokenizer, history: list[Turn], message: str, *, use_template: bool,
+                 system: str | None = DEFAULT_SYSTEM_PROMPT, context: int = FALLBACK_CONTEXT,
+                 max_new_tokens: int = 256) -> Prompt:
+    """Fit system + history + message into `context` minus room for the reply, oldest turns first out. `system`
+    "" lets the chat template write its own default (if it has one: the notices say so); None sends none at all."""
     message, notices = cut_message(message)
+    default = template_system_default(tokenizer) if use_template and system is not None and not system.strip() else None
+    if default:
+        notices.append(f"The system prompt is empty, so the model's chat template writes its own: “{default}”. "
+                       "Tick “No system prompt” to send none at all.")
     budget = context - min(max_new_tokens, context // 2)
     history = list(history)
     text, ids = _render(tokenizer, use_template, system, history, message)
@@ -106,7 +139,8 @@ def build_prompt(tokenizer, history: list[Turn], message: str, *, use_template: 
                   message, dropped, notices)
 
 
-def _shorten_message(tokenizer, use_template: bool, system: str, message: str, budget: int) -> tuple[str, str, list[int]]:
+def _shorten_message(tokenizer, use_template: bool, system: str | None, message: str, budget: int
+                     ) -> tuple[str, str, list[int]]:
     """Keep the start of the message, as many tokens as fit in `budget` with the system prompt around it."""
     message_ids = tokenizer(message, add_special_tokens=False)["input_ids"]
     keep = max(0, budget - len(_render(tokenizer, use_template, system, [], "")[1]))

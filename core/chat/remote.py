@@ -141,10 +141,11 @@ def _token(entry: dict) -> TokenInfo:
     return TokenInfo(entry["token"], math.exp(entry["logprob"]), alternatives[:TOP_K])
 
 
-def messages_for(system: str, turns: list[Turn], message: str) -> list[dict]:
+def messages_for(system: str | None, turns: list[Turn], message: str) -> list[dict]:
+    """OpenAI messages; `system` None sends an empty system message (the server's template writes no default)."""
     history = [m for t in turns for m in ({"role": "user", "content": t.user}, {"role": "assistant", "content": t.reply})]
-    return ([{"role": "system", "content": system}] if system.strip() else []) + history + [
-        {"role": "user", "content": message}]
+    opening = [{"role": "system", "content": system or ""}] if system is None or system.strip() else []
+    return opening + history + [{"role": "user", "content": message}]
 
 
 def remote_reply(server: RemoteServer, messages: list[dict], settings: SamplingSettings,

@@ -11,6 +11,7 @@ keyed by the model's files and this CPU.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -23,7 +24,7 @@ import torch
 
 from core.chat.backends import Backend, OnnxBackend, TorchBackend
 from core.chat.engine import ChatEngine
-from core.chat.faithful import Quality, Reference, eval_ids, measure_speed, perplexity_of
+from core.chat.faithful import Quality, Reference, measure_speed, text_perplexity
 from core.chat.prompting import context_length
 from core.common.errors import InputError, PlaygroundError
 from core.common.json_cache import locked, read_json, write_json
@@ -43,7 +44,7 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16-weight", "int8-weight", "int8
 ONNX_CANDIDATES = ("int4", "int8", "fp32")
 # ONNX Runtime's settings tried for the export that serves: (intra-op threads, 0 = all of ours; spin after a run).
 ORT_SETTINGS = ((0, True), (0, False), (1, True))
-ORT_ROUNDS = 3
+ORT_ROUNDS = 2
 MEASURE_BATCH = 32  # the check questions' replies are written in one batch
 # Below this much weight, exporting costs more than it saves: PyTorch serves (unless ONNX is asked for by name).
 MIN_ONNX_BYTES = 50 * 2**20
@@ -106,7 +107,7 @@ def decode_speed(backend: Backend, prompt: list[int], tokens: int) -> float:
 
 
 def _memo_key(folder: Path) -> str:
-    return f"v3|{onnx_runtime.fingerprint(folder)}|{cpu_signature()}|t{torch.get_num_threads()}"
+    return f"v4|{onnx_runtime.fingerprint(folder)}|{cpu_signature()}|t{torch.get_num_threads()}"
 
 
 class ChatRuntimes:
@@ -285,16 +286,19 @@ class ChatRuntimes:
         return made
 
     def _measure_choice(self, model_id: str, folder: Path, progress: Progress) -> RuntimeChoice:
+        """One candidate in memory at a time (built again to be checked): the first use of a model must not need
+        the memory of all of them at once."""
         fp32 = self.manager.load(model_id, CAUSAL_LM, precision="fp32", progress=span(progress, 0, 0.05))
         tokenizer, eos, is_chat = fp32.tokenizer, eos_ids(fp32.model, fp32.tokenizer), fp32.is_chat
         prompt = probe_ids(tokenizer)[0].tolist()[:48]
-        backends, speeds = {}, {}
-        candidates = self._candidates(model_id, folder)
+        candidates, speeds = self._candidates(model_id, folder), {}
         for n, (name, make) in enumerate(candidates.items()):
             stage = span(progress, 0.05 + 0.5 * n / len(candidates), 0.05 + 0.5 * (n + 1) / len(candidates))
-            backends[name] = make(span(stage, 0, 0.8))
+            backend = make(span(stage, 0, 0.8))
             stage(0.85, f"Timing {name} as users run it (once)")
-            speeds[name] = measure_speed(backends[name], prompt)
+            speeds[name] = measure_speed(backend, prompt)
+            del backend
+            gc.collect()
         progress(0.56, "Measuring the fp32 model's predictions and answers (once)")
         fp32_backend = TorchBackend(fp32.model, "fp32", fp32.device, context_length(fp32.model, tokenizer), MEASURE_BATCH)
         reference = Reference.of(fp32_backend, tokenizer, eos, is_chat)
@@ -302,43 +306,45 @@ class ChatRuntimes:
         for n, name in enumerate(sorted(speeds, key=lambda c: speeds[c].seconds)):
             stage = span(progress, 0.65 + 0.25 * n / len(speeds), 0.65 + 0.25 * (n + 1) / len(speeds))
             stage(0, f"Checking {name} against fp32 (once)")
-            quality = reference.measure(backends.pop(name), tokenizer, eos, is_chat,
+            quality = reference.measure(candidates[name](lambda *_: None), tokenizer, eos, is_chat,
                                         lambda what: stage(0.5, f"Checking {name}: {what}"))
+            gc.collect()
             measured[name] = replace(quality, decode_tok_s=speeds[name].alone, batch_tok_s=speeds[name].batched)
             if measured[name].kept:
                 chosen = name
                 break
-        backends.clear()
         settings = (self._ort_settings(folder, chosen, prompt, span(progress, 0.9, 1.0))
                     if chosen and chosen.startswith("onnx-") else (0, True))
         return RuntimeChoice(chosen, measured, {k: v.seconds for k, v in speeds.items()}, settings)
 
     def _ort_settings(self, folder: Path, candidate: str, prompt: list[int], progress: Progress) -> tuple[int, bool]:
         """ONNX Runtime's threads spin after each run and can take the core the sampler and the web server need, or
-        sleep and wake slower: time each setting, in interleaved rounds (the cores are shared and noisy)."""
+        sleep and wake slower: time each setting, in interleaved rounds (the cores are shared and noisy), with one
+        session in memory at a time."""
         precision = candidate.removeprefix("onnx-")
         exported = onnx_runtime.export(folder, precision, progress)
-        backends = {settings: OnnxBackend(onnx_runtime.OnnxModel(exported, settings[0] or None, settings[1]),
-                                          precision) for settings in ORT_SETTINGS}
         timed: dict[tuple[int, bool], float] = {}
         for round_ in range(ORT_ROUNDS):
-            for n, (settings, backend) in enumerate(backends.items()):
-                progress((round_ * len(backends) + n) / (ORT_ROUNDS * len(backends)),
+            for n, (threads, spinning) in enumerate(ORT_SETTINGS):
+                progress((round_ * len(ORT_SETTINGS) + n) / (ORT_ROUNDS * len(ORT_SETTINGS)),
                          f"Timing ONNX Runtime's thread settings, round {round_ + 1} of {ORT_ROUNDS} (once)")
-                timed[settings] = min(timed.get(settings, float("inf")), measure_speed(backend, prompt).seconds)
+                backend = OnnxBackend(onnx_runtime.OnnxModel(exported, threads or None, spinning), precision)
+                seconds = measure_speed(backend, prompt).seconds
+                timed[(threads, spinning)] = min(timed.get((threads, spinning), float("inf")), seconds)
+                del backend
+                gc.collect()
         return min(timed, key=timed.get)
 
     def _torch_quality(self, loaded: LoadedModel, backend: TorchBackend) -> Quality | None:
         """Agreement from the precision measurement; perplexity measured here, once per model and precision."""
         memo = cache_dir() / "torch_quality.json"
-        key = f"v1|{loaded.path}|{loaded.precision}|{loaded.device}"
+        key = f"v2|{loaded.path}|{loaded.precision}|{loaded.device}"
         try:
             with locked(memo):
                 known = read_json(memo, {})
                 if key not in known:
-                    ids = eval_ids(loaded.tokenizer, backend.context)
                     agreement = loaded.precision_measured.get(loaded.precision)
-                    ppl = perplexity_of(backend.full_logits(ids), ids)
+                    ppl = text_perplexity(backend, loaded.tokenizer)
                     fp32 = loaded.precision_measured.get("fp32")
                     known[key] = {"agreement": agreement.agreement if agreement else 1.0, "perplexity": ppl,
                                   "fp32_perplexity": ppl if fp32 is None or loaded.precision == "fp32" else float("nan")}

@@ -76,7 +76,7 @@ class ChatSession:
     exchanges: list[Exchange] = field(default_factory=list)
     control: RunControl = field(default_factory=RunControl)
     remote: RemoteServer | None = None  # set: replies come from that OpenAI-compatible server
-    system: str = DEFAULT_SYSTEM_PROMPT  # of the last reply, for branches and exports
+    system: str | None = DEFAULT_SYSTEM_PROMPT  # of the last reply, for exports (None: no system prompt at all)
 
     def __deepcopy__(self, memo) -> ChatSession:
         """gr.State deep-copies each new session's value; a copy gets its own control (locks cannot be copied)."""
@@ -100,7 +100,8 @@ class ChatSession:
         """Switch model once the new one is ready, which ends a reply still running (it says so); if the model cannot
         be loaded (ModelLoadError), the current model and its reply go on untouched."""
         served = runtimes.serve(model_id, trust_remote_code, progress)
-        self.control.stop(UserAction.LOAD)
+        if (served.model_id, trust_remote_code, self.remote) != (self.model_id, self.trust_remote_code, None):
+            self.control.stop(UserAction.LOAD)  # a new model: the reply of the old one ends (the same one: nothing)
         self.model_id, self.trust_remote_code, self.remote = served.model_id, trust_remote_code, None
         return served
 
@@ -116,7 +117,7 @@ class ChatSession:
 
     # ---- replies -------------------------------------------------------------------------------------------------
     def reply(self, runtimes: ChatRuntimes, message: str, settings: SamplingSettings,
-              system: str = DEFAULT_SYSTEM_PROMPT, progress: Progress | None = None) -> Iterator[ChatUpdate]:
+              system: str | None = DEFAULT_SYSTEM_PROMPT, progress: Progress | None = None) -> Iterator[ChatUpdate]:
         """Stream the model's reply to `message`; the turn (even a stopped, partial one) joins the history."""
         if not message.strip():
             raise EmptyMessageError("Type a message first: an empty message is not sent.")
@@ -155,7 +156,8 @@ class ChatSession:
             self.exchanges.append(exchange)
         yield ChatUpdate(self.turns, self.stats, prompt, notices, served, done=True, tokens=exchange.reply.tokens)
 
-    def _remote_reply(self, exchange: Exchange, settings: SamplingSettings, system: str, flag) -> Iterator[ChatUpdate]:
+    def _remote_reply(self, exchange: Exchange, settings: SamplingSettings, system: str | None, flag
+                      ) -> Iterator[ChatUpdate]:
         """Stream the server's reply to `exchange` and add it as a new version (the exchange joins if it is new)."""
         server = self.remote
         earlier = [e for e in self.exchanges if e is not exchange]
@@ -206,7 +208,7 @@ class ChatSession:
         exchange.shown = max(0, min(len(exchange.replies) - 1, exchange.shown + offset))
         return exchange
 
-    def retry(self, runtimes: ChatRuntimes, settings: SamplingSettings, system: str = DEFAULT_SYSTEM_PROMPT,
+    def retry(self, runtimes: ChatRuntimes, settings: SamplingSettings, system: str | None = DEFAULT_SYSTEM_PROMPT,
               progress: Progress | None = None) -> Iterator[ChatUpdate]:
         """Answer the last message again (a random or changed seed gives a different reply); the earlier version stays,
         one ◀ away."""

@@ -83,8 +83,9 @@ def _reply(data: dict) -> Reply:
                  steps, infos, data.get("branched_at"), [int(i) for i in data.get("prompt_ids") or []])
 
 
-def from_json(text: str) -> tuple[list[Exchange], str, dict]:
-    """(exchanges, system prompt, model info) from an exported file; InputError says what is wrong with it."""
+def from_json(text: str) -> tuple[list[Exchange], str | None, dict]:
+    """(exchanges, system prompt (None: none at all), model info) from an exported file; InputError says what is wrong
+    with it."""
     if len(text.encode("utf-8")) > MAX_BYTES:
         raise InputError(f"The file is larger than {MAX_BYTES // 2**20} MiB; a conversation export is far smaller.")
     try:
@@ -105,4 +106,6 @@ def from_json(text: str) -> tuple[list[Exchange], str, dict]:
         raise InputError(f"The file's exchanges are damaged ({type(err).__name__}: {err}).") from None
     if any(not e.replies for e in exchanges):
         raise InputError("Every exchange in the file needs at least one reply.")
-    return exchanges, str(data.get("system", "")), data.get("model") if isinstance(data.get("model"), dict) else {}
+    system = data.get("system", "")
+    return (exchanges, None if system is None else str(system),
+            data.get("model") if isinstance(data.get("model"), dict) else {})

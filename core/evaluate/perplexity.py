@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
 from core.common.errors import InputError
+from core.common.stopping import StopFlag
+from core.evaluate.scoring import BatchLimits, Run, ScoreRequest, score_requests
 
 
 @dataclass(frozen=True)
@@ -114,3 +116,15 @@ def perplexity(model, tokenizer, text: str, max_length: int = 512, stride: int =
     length = window_length(max_length, getattr(model.config, "max_position_embeddings", None))
     return PerplexityResult.of(nll_sum, scored, windows, scored_bytes(tokenizer, text, ids.shape[1]), length,
                                window_stride(stride, length))
+
+
+def windowed_perplexity(run: Run, ids: list[int], max_length: int, stride: int, n_bytes: int = 0,
+                        limits: BatchLimits = BatchLimits(), progress: Callable[[float, str], None] | None = None,
+                        stop: StopFlag | None = None) -> PerplexityResult:
+    """The sliding-window perplexity above through any backend: `run` is an engine's `exclusive`, or
+    `lambda job: job(backend)` for a backend that serves no one yet (an export being measured)."""
+    windows = plan_windows(len(ids), max_length, stride)
+    requests = [ScoreRequest(tuple(ids[w.begin:w.end]), w.first - w.begin) for w in windows]
+    scores = score_requests(run, requests, 0, limits, progress, stop, "windows")
+    return PerplexityResult.of(-sum(s.total for s in scores), sum(len(s.logprobs) for s in scores), len(windows),
+                               n_bytes, max_length, window_stride(stride, max_length))

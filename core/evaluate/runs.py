@@ -22,15 +22,8 @@ from core.chat.serving import PRECISION_CHOICES, ChatRuntimes, ServedModel
 from core.common.errors import InputError, PlaygroundError, StoppedError, check_number
 from core.common.stopping import StopFlag
 from core.evaluate.multiple_choice import ChoiceScores, ChoiceTask, item_requests, judge
-from core.evaluate.perplexity import (
-    PerplexityResult,
-    plan_windows,
-    scored_bytes,
-    text_ids,
-    window_length,
-    window_stride,
-)
-from core.evaluate.scoring import BatchLimits, Run, ScoreRequest, score_requests
+from core.evaluate.perplexity import PerplexityResult, scored_bytes, text_ids, window_length, windowed_perplexity
+from core.evaluate.scoring import BatchLimits, score_requests
 
 Progress = Callable[[float, str], None]
 PERPLEXITY, MULTIPLE_CHOICE = "perplexity", "multiple choice"
@@ -158,18 +151,6 @@ def sha256_text(text: str) -> str:
 
 
 # ---- measuring one served model ---------------------------------------------------------------------------------------
-def windowed_perplexity(run: Run, ids: list[int], max_length: int, stride: int, n_bytes: int = 0,
-                        limits: BatchLimits = BatchLimits(), progress: Progress | None = None,
-                        stop: StopFlag | None = None) -> PerplexityResult:
-    """The sliding-window perplexity of core.evaluate.perplexity through any backend: `run` is an engine's
-    `exclusive`, or `lambda job: job(backend)` for a backend that serves no one yet (an export being measured)."""
-    windows = plan_windows(len(ids), max_length, stride)
-    requests = [ScoreRequest(tuple(ids[w.begin:w.end]), w.first - w.begin) for w in windows]
-    scores = score_requests(run, requests, 0, limits, progress, stop, "windows")
-    return PerplexityResult.of(-sum(s.total for s in scores), sum(len(s.logprobs) for s in scores), len(windows),
-                               n_bytes, max_length, window_stride(stride, max_length))
-
-
 def served_perplexity(served: ServedModel, text: str, settings: EvaluateSettings, progress: Progress | None = None,
                       stop: StopFlag | None = None) -> PerplexityResult:
     """Perplexity and bits per byte of a text on a served model, through its engine."""
