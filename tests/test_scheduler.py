@@ -180,3 +180,18 @@ def test_a_step_copies_no_cache(context):
     store.add(3, Prefilled([np.full((1, 2, 7, 4), 2, np.float32)] * 2, 7))
     assert [b.ctypes.data for b in store.buffers] == buffers and store.keys == [0, 2, 3]
     assert store.lengths == [context, context, 7] and float(store.buffers[0][2, 0, 6, 0]) == 2.0
+
+
+def test_a_reader_that_goes_away_under_batching_leaves_within_a_step_and_the_others_go_on():
+    e = engine()
+    settings = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=3000)
+    handles = [e.submit([1, i], settings) for i in range(3)]
+    stream = handles[1].chunks(interval=0.001)
+    while next(stream).stats.tokens < 5:
+        pass
+    state = e.scheduler.states[handles[1].request_id]
+    stream.close()  # the page was closed
+    at_close = len(state.generated)
+    final = handles[1].result()
+    assert final.stats.finish is FinishReason.DISCONNECTED and final.stats.tokens <= at_close + 1
+    assert [h.result().stats.finish for h in (handles[0], handles[2])] == [FinishReason.LENGTH] * 2
