@@ -65,6 +65,8 @@ async def page_user(http: httpx.AsyncClient, url: str, fn: dict, question: str, 
                 if first is None and text.strip() and not text.startswith(("⏳", "…")):
                     first = time.perf_counter() - start
             elif message.get("msg") == "process_completed":
+                if not message.get("success", True):
+                    raise RuntimeError(f"the page's Send failed: {message['output'].get('error')}")
                 outputs = message["output"].get("data", outputs)
                 break
     seconds = time.perf_counter() - start
@@ -81,6 +83,8 @@ async def api_user(http: httpx.AsyncClient, url: str, fn: dict, question: str, s
             "repetition_penalty": ui["repetition_penalty"], "messages": [{"role": "user", "content": question}]}
     start, first, count = time.perf_counter(), None, 0
     async with http.stream("POST", f"{url}v1/chat/completions", json=body) as stream:
+        if stream.status_code != 200:
+            raise RuntimeError(f"/v1/chat/completions answered {stream.status_code}: {(await stream.aread())[:200]}")
         async for line in stream.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -97,8 +101,11 @@ async def send_fn(http: httpx.AsyncClient, url: str) -> dict:
     config = (await http.get(f"{url}config")).json()
     components = {c["id"]: c for c in config["components"]}
     dependency = next(d for d in config["dependencies"] if d.get("api_name") == "chat_send")
+    # the handler's parameters, in order (ui/chat_tab.py ChatHandlers.send)
     names = ["session", "message", "system", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
-             "max_new_tokens", "seed"]  # the handler's parameters, in order (ui/chat_tab.py ChatHandlers.send)
+             "max_new_tokens", "seed", "no_system"]
+    if len(names) != len(dependency["inputs"]):
+        raise RuntimeError(f"chat_send takes {len(dependency['inputs'])} inputs; this client knows {names}")
     inputs = [(name, components[i]["type"], components[i].get("props", {}).get("value"))
               for name, i in zip(names, dependency["inputs"])]
     return {"id": dependency["id"], "inputs": inputs}

@@ -366,7 +366,7 @@ def conversation(c: dict) -> None:
         c["branch_token"] = gr.Number(precision=0, label="Token id")
         c["branch"] = gr.Button("Branch")
     with gr.Accordion("Prompt sent to the model", open=False):
-        c["prompt"] = gr.Textbox(show_label=False, lines=8, max_lines=20, interactive=False)
+        c["prompt"] = gr.Textbox(show_label=False, lines=8, max_lines=20, interactive=False, elem_id="chat-prompt")
     with gr.Accordion("Save or restore the conversation", open=False):
         with gr.Row():
             c["with_tokens"] = gr.Checkbox(True, label="Include each token's probability and alternatives (JSON)")
