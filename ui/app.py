@@ -34,8 +34,8 @@ class Shell:
 
 def header(services: Services) -> str:
     mode = "offline (local and packaged models only)" if services.offline else "online (any Hugging Face model id)"
-    return (f"# 🧪 LLM Playground\nExplore open language models: chat, classify, fine-tune, quantize, explain and "
-            f"probe for bias. Running on **{services.manager.device.describe()}**, {mode}.")
+    return (f"# 🧪 LLM Playground\nExplore open language models: chat, classify, fine-tune, quantize, evaluate, "
+            f"explain and probe for bias. Running on **{services.manager.device.describe()}**, {mode}.")
 
 
 def build_app(services: Services, tabs: tuple[str, ...] = tuple(TABS)) -> gr.Blocks:

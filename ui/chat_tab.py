@@ -168,6 +168,14 @@ class ChatHandlers:
             gr.Warning(str(err))
             return f"❌ {err}\n\nStill using **{session.model_id}**.", session.model_id
 
+    def model_picked(self, session: ChatSession, model_id: str, allow_remote_code: bool,
+                     progress=gr.Progress()):
+        """The picker changed: load that model, unless it is the one that already serves (the picker set back after a
+        failed load), so the failure's message stays on screen."""
+        if session.uses(model_id, allow_remote_code):
+            return gr.skip(), gr.skip()
+        return self.load_model(session, model_id, allow_remote_code, progress)
+
     def connect_remote(self, session: ChatSession, base_url: str, model: str, api_key: str) -> str:
         try:
             if not self.services.settings.allow_remote_servers:
@@ -407,5 +415,6 @@ def wire(handlers: ChatHandlers, c: dict, services: Services) -> None:
                        [c["chatbot"], c["status"], c["token_view"], c["version"], c["system"], c["no_system"],
                         *settings], api_name="chat_import")
     # Picking a preset (or another tab sending a model here) loads it; Load retries, e.g. after ticking remote code.
-    gr.on([c["load"].click, c["model"].change], handlers.load_model, [session, c["model"], c["allow_remote_code"]],
-          [c["model_info"], c["model"]], api_name="chat_load_model")
+    loading = dict(inputs=[session, c["model"], c["allow_remote_code"]], outputs=[c["model_info"], c["model"]])
+    c["load"].click(handlers.load_model, api_name="chat_load_model", **loading)
+    c["model"].change(handlers.model_picked, api_visibility="private", **loading)

@@ -29,7 +29,7 @@ from core.chat.types import (
 from core.common.errors import BusyError
 from core.common.stopping import StopFlag
 
-DEFAULT_TOKEN_BUDGET = 512  # tokens one step may run; see the README ("The engine") for how it was chosen
+DEFAULT_TOKEN_BUDGET = 512  # tokens one step may run; how it was chosen: README, "How the chat engine works"
 MIN_PREFILL_TOKENS = 16  # prompt tokens a step reads at least while there is room, however many replies run
 DISCONNECTED = "the client went away"  # the StopFlag reason of a reader that left
 

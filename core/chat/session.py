@@ -100,10 +100,14 @@ class ChatSession:
         """Switch model once the new one is ready, which ends a reply still running (it says so); if the model cannot
         be loaded (ModelLoadError), the current model and its reply go on untouched."""
         served = runtimes.serve(model_id, trust_remote_code, progress)
-        if (served.model_id, trust_remote_code, self.remote) != (self.model_id, self.trust_remote_code, None):
+        if not self.uses(served.model_id, trust_remote_code):
             self.control.stop(UserAction.LOAD)  # a new model: the reply of the old one ends (the same one: nothing)
         self.model_id, self.trust_remote_code, self.remote = served.model_id, trust_remote_code, None
         return served
+
+    def uses(self, model_id: str, trust_remote_code: bool = False) -> bool:
+        """Whether replies already come from this local model, with this remote-code choice."""
+        return (model_id.strip(), trust_remote_code, self.remote) == (self.model_id, self.trust_remote_code, None)
 
     def connect(self, server: RemoteServer) -> ServerCheck:
         """Chat with a model on another server from now on; if it cannot be used, the current model stays."""
