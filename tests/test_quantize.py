@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from core.chat.faithful import Quality
 from core.common.errors import InputError
 from core.common.stopping import StopFlag
 from core.models.paths import assets_dir
@@ -281,6 +282,28 @@ def test_registered_variant_is_offered_to_other_tabs(services, tiny_lm_dirs):
     assert loaded.source == "memory" and loaded.precision == "int8-dynamic"
     assert services.manager.load(loaded.model_id, CAUSAL_LM) is loaded
     assert loaded.model_id in [value for _, value in services.model_choices(CAUSAL_LM)]
+
+
+def test_chat_shows_a_variants_figures_from_its_comparison_and_never_compares_it_with_itself(services, tiny_lm_dirs):
+    from core.chat.serving import ChatRuntimes
+
+    base = services.manager.load(str(tiny_lm_dirs["llama"]), CAUSAL_LM, precision="fp32")
+    opts = calibrated(CompressionOptions(), base.tokenizer)
+    *_, comparison = compare_variants(base.model_id, CAUSAL_LM, base.model, base.tokenizer, ["pruned"], TEXT, opts, FAST)
+    fp32, pruned = comparison.results
+    figures = comparison.against_fp32("pruned", "the test text")
+    assert (figures.agreement, figures.perplexity, figures.fp32_perplexity, figures.tokens) == (
+        pruned.top1_agreement, pruned.perplexity, fp32.perplexity, comparison.eval_tokens)
+    assert comparison.against_fp32("int8-weight", "the test text") is None  # not measured in this run
+    for carried in (figures, None):
+        loaded = register_variant(services.manager, base, "pruned", opts, carried)
+        served = ChatRuntimes(services.manager).serve(loaded.model_id)
+        try:
+            assert served.loaded is loaded
+            assert served.quality == (None if carried is None else
+                                      Quality(pruned.top1_agreement, pruned.perplexity, fp32.perplexity, carried=figures))
+        finally:
+            served.engine.close()
 
 
 def _linear_zeros(model: nn.Module) -> int:

@@ -62,7 +62,10 @@ def model_summary(served: ServedModel | RemoteServer) -> str:
     prompt_format = CHAT_TEMPLATE if served.is_chat else "plain continuation (base model: see the prompt below)"
     lines = [f"✅ **{served.model_id}** · {served.family} · **{served.backend.describe()}** · prompt: {prompt_format}"]
     if served.quality is not None:
-        lines.append(f"Quality: {describe_quality(served.quality)}.")
+        lines.append(f"Quality: {html.escape(describe_quality(served.quality), quote=False)}.")
+    elif served.loaded is not None and served.loaded.source == "memory":
+        lines.append("Quality: not measured against fp32 (no comparison in the Quantize tab measured this build: "
+                     "compare it there with the same settings, then load it again).")
     details = []
     if served.measured:
         details.append("Candidates checked against fp32, fastest first: "

@@ -66,6 +66,10 @@ def describe_quality(quality: Quality) -> str:
     if check is not None:
         words += (f", kept {check.kept} of fp32's {check.fp32_right} right answers to the check questions "
                   f"({check.identical} of {check.asked} replies word for word)")
+    if quality.carried is not None:  # a variant made in another tab: its figures, not Chat's own probe
+        carried = quality.carried
+        words += (f", as the {carried.measured_by} tab measured it against the real fp32 model on {carried.tokens:,} "
+                  f"tokens of {carried.text}")
     return words
 
 

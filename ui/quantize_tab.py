@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -10,6 +11,7 @@ from core.common.errors import PlaygroundError
 from core.common.stopping import RunControl
 from core.common.uploads import UploadError, read_text_file
 from core.models.device import on_gpu
+from core.models.manager import Fp32Figures
 from core.models.paths import assets_dir
 from core.models.registry import CAUSAL_LM, TEXT_CLASSIFICATION, find_preset
 from core.quantize.metrics import (
@@ -26,9 +28,26 @@ from ui.components import HEAVY, STOP, model_picker, progress_callback, stop_run
 BUILT_IN, UPLOADED = "Built-in sample (assets/eval_text.txt)", "Uploaded text file"
 OWN_CALIBRATION, UPLOADED_CALIBRATION = "The team's text (assets/calibration_text.txt)", "Uploaded text file"
 TASKS = {"Language model": CAUSAL_LM, "Classifier": TEXT_CLASSIFICATION}
-DEFAULT_VARIANTS = ["fp32", "bf16", "fp16", "int8-dynamic", "int8-weight", "onnx-int8", "bnb-nf4", "pruned", "wanda",
-                    "low-rank", "svd-llm"]
+# The few that teach the most, in under 2 minutes on 2 CPU cores (bench/quantize_default.py): 8-bit weights alone, 8-bit
+# activations too, 4 bits, and pruning that reads activations. Every other variant is one click away.
+DEFAULT_VARIANTS = ["fp32", "int8-weight", "int8-dynamic", "onnx-int4", "wanda"]
 
+
+@dataclass(frozen=True)
+class MeasuredRun:
+    """The user's last comparison, kept so a variant loaded from it into Chat carries the figures measured here."""
+
+    model_id: str
+    task: str
+    options: CompressionOptions
+    comparison: Comparison
+    text: str  # the evaluation text's name
+
+    def figures(self, model_id: str, task: str, options: CompressionOptions, variant: str) -> Fp32Figures | None:
+        """The variant's figures, if this comparison measured the very build about to be loaded."""
+        if (model_id, task, options) != (self.model_id, self.task, self.options):
+            return None
+        return self.comparison.against_fp32(variant, self.text)
 
 
 class QuantizeHandlers:
@@ -76,6 +95,7 @@ class QuantizeHandlers:
             CompressionOptions(sparsity, cut)  # numbers checked before anything loads
             settings = EvalSettings(max_eval_tokens=max_tokens, decode_tokens=decode_tokens)
             evaluation = self._evaluation(task, source, text_file, labels_csv)
+            evaluated = Path(text_file).name if source == UPLOADED and text_file else "assets/eval_text.txt"
             with self.services.work.run(control, "quantization sweep", progress_callback(progress)) as stop:
                 base = self.services.manager.load(model_id, task, precision="fp32", progress=progress_callback(progress))
                 options = self._options(sparsity, cut, calibration, calibration_file, base.tokenizer)
@@ -83,16 +103,16 @@ class QuantizeHandlers:
                                         evaluation, options, settings, self.device, progress_callback(progress), stop)
                 comparison = None
                 for comparison in runs:
-                    yield self._outputs(comparison, f"Measured {len(comparison.results)} of "
-                                                    f"{len(set(variants or []) | {'fp32'})} variants…", final=False)
+                    measured = MeasuredRun(model_id, task, options, comparison, evaluated)
+                    yield self._outputs(measured, f"Measured {len(comparison.results)} of "
+                                                  f"{len(set(variants or []) | {'fp32'})} variants…", final=False)
             if comparison is not None:
                 done = f"Stopped ({stop.reason})." if stop.stopped else "Done."
-                evaluated = Path(text_file).name if source == UPLOADED and text_file else "assets/eval_text.txt"
-                yield self._outputs(comparison, f"{done} {self._summary(comparison)} Evaluated on {evaluated}; the "
-                                                f"activation-aware rows calibrated on {options.calibration_name}.",
+                yield self._outputs(measured, f"{done} {self._summary(comparison)} Evaluated on {evaluated}; the "
+                                              f"activation-aware rows calibrated on {options.calibration_name}.",
                                     final=True)
         except PlaygroundError as err:
-            yield (gr.update(),) * 4 + (f"❌ {err}", gr.update())
+            yield (gr.update(),) * 4 + (f"❌ {err}", gr.update(), gr.update())
 
     @staticmethod
     def _summary(comparison: Comparison) -> str:
@@ -102,7 +122,8 @@ class QuantizeHandlers:
                 f"with {comparison.threads} threads." + (f" Not run here: {', '.join(skipped)} (see notes)." if skipped else ""))
 
     @staticmethod
-    def _outputs(comparison: Comparison, status: str, final: bool):
+    def _outputs(measured: MeasuredRun, status: str, final: bool):
+        comparison = measured.comparison
         frame = comparison.frame().drop(columns=["description"])  # the checkbox labels already describe variants
         csv = gr.update()
         if final:
@@ -111,10 +132,10 @@ class QuantizeHandlers:
             csv = gr.update(value=str(path), visible=True)
         choices = [r.variant for r in comparison.ok()]
         return (frame, size_quality_figure(comparison), speed_figure(comparison), csv, status,
-                gr.update(choices=choices, value=choices[-1] if choices else None))
+                gr.update(choices=choices, value=choices[-1] if choices else None), measured)
 
     def load_into_chat(self, model_id, kind, variant, sparsity, cut, calibration, calibration_file,
-                       progress=gr.Progress()):
+                       measured: MeasuredRun | None, progress=gr.Progress()):
         task = TASKS[kind]
         if not variant:
             gr.Warning("Run a comparison first, then pick one of its variants.")
@@ -123,7 +144,8 @@ class QuantizeHandlers:
             CompressionOptions(sparsity, cut)
             base = self.services.manager.load(model_id, task, precision="fp32", progress=progress_callback(progress))
             options = self._options(sparsity, cut, calibration, calibration_file, base.tokenizer)
-            loaded = register_variant(self.services.manager, base, variant, options)
+            figures = measured.figures(model_id, task, options, variant) if measured else None
+            loaded = register_variant(self.services.manager, base, variant, options, figures)
         except PlaygroundError as err:
             return f"❌ {err}", gr.update(), gr.update()
         if task != CAUSAL_LM:
@@ -131,7 +153,10 @@ class QuantizeHandlers:
         if self.chat_model is None:
             return f"Registered **{loaded.model_id}** (the Chat tab is not part of this app).", gr.update(), gr.update()
         chat = gr.update(choices=self.services.model_choices(CAUSAL_LM), value=loaded.model_id)
-        return f"Loaded **{loaded.model_id}** into the Chat tab.", chat, gr.Tabs(selected="chat")
+        carried = ("with this comparison's agreement and perplexity against fp32" if figures else
+                   "without figures against fp32: its settings differ from the last comparison's (compare again to "
+                   "measure them)")
+        return f"Loaded **{loaded.model_id}** into the Chat tab, {carried}.", chat, gr.Tabs(selected="chat")
 
 
 def build_tab(shell) -> dict[str, gr.Component]:
@@ -144,7 +169,12 @@ def build_tab(shell) -> dict[str, gr.Component]:
             model = model_picker(shell.services, CAUSAL_LM, TEXT_CLASSIFICATION)
             kind = gr.Radio(list(TASKS), value="Language model", label="Model type")
             variants = gr.CheckboxGroup([(f"{n}: {s.description}", n) for n, s in VARIANTS.items()],
-                                        value=DEFAULT_VARIANTS, label="Variants (fp32 is always measured as the baseline)")
+                                        value=DEFAULT_VARIANTS, label="Variants (fp32 is always measured as the baseline)",
+                                        info="The default few take about a minute and a half on 2 CPU cores; every "
+                                             "variant takes several minutes (each +lora row about 2.5 more)")
+            with gr.Row():
+                every = gr.Button("Select every variant", size="sm")
+                default = gr.Button("Back to the default few", size="sm")
         with gr.Column(scale=1):
             sparsity = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Pruning sparsity",
                                  info="Share of linear weights the pruning rows zero (2:4 is always 50 %)")
@@ -164,25 +194,29 @@ def build_tab(shell) -> dict[str, gr.Component]:
     with gr.Row():
         run = gr.Button("Compare variants", variant="primary")
         stop = gr.Button("Stop after this variant", variant="stop")
-    status = gr.Markdown()
-    table = gr.Dataframe(label="Results", interactive=False, wrap=True)
+    status = gr.Markdown(elem_id="quantize-status")  # the run's progress shows here, never over the results
+    table = gr.Dataframe(label="Results", interactive=False, wrap=True, elem_id="quantize-table")
     with gr.Row():
-        size_plot = gr.Plot(label="Size vs quality")
-        speed_plot = gr.Plot(label="Speed")
+        size_plot = gr.Plot(label="Size vs quality", elem_id="quantize-size-plot")
+        speed_plot = gr.Plot(label="Speed", elem_id="quantize-speed-plot")
     csv = gr.File(label="Results as CSV", visible=False)
     with gr.Row():
         variant = gr.Dropdown(label="Variant to try", choices=[], interactive=True)
         load = gr.Button("Load variant into Chat")
     load_status = gr.Markdown()
+    measured = gr.State()  # the last comparison: a variant loaded from it carries its figures
 
     model.change(handlers.kind_for, [model], [kind], api_name="quantize_model_kind")
+    every.click(lambda: list(VARIANTS), None, variants, queue=False, api_name="quantize_every_variant")
+    default.click(lambda: DEFAULT_VARIANTS, None, variants, queue=False, api_name="quantize_default_variants")
+    # Rows stream in as variants finish: the progress bar goes on the status line alone, not over the results.
     run.click(handlers.run, [control, model, kind, variants, sparsity, cut, calibration, calibration_file, source,
                              text_file, labels_csv, max_tokens, decode_tokens],
-              [table, size_plot, speed_plot, csv, status, variant],
-              api_name="quantize_compare", **HEAVY)
+              [table, size_plot, speed_plot, csv, status, variant, measured],
+              api_name="quantize_compare", show_progress_on=[status], **HEAVY)
     stop.click(lambda c: stop_run(c, "variant"), control, status, api_name="quantize_stop", **STOP)
     chat_outputs = [load_status, handlers.chat_model or gr.State(), shell.tabs]
-    load.click(handlers.load_into_chat, [model, kind, variant, sparsity, cut, calibration, calibration_file], chat_outputs,
-               api_name="quantize_load_chat")
+    load.click(handlers.load_into_chat, [model, kind, variant, sparsity, cut, calibration, calibration_file, measured],
+               chat_outputs, api_name="quantize_load_chat")
     return {"model": model, "variants": variants, "run": run, "stop": stop, "table": table, "variant": variant,
             "load": load, "status": status}

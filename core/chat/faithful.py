@@ -28,6 +28,7 @@ from core.chat.prompting import DEFAULT_SYSTEM_PROMPT, build_prompt
 from core.chat.sampler import BatchSampler, RowSampler
 from core.chat.sampling import SamplingSettings
 from core.evaluate.perplexity import scored_bytes, text_ids, window_length, windowed_perplexity
+from core.models.manager import Fp32Figures
 from core.models.paths import assets_dir
 from core.models.precision import probe_ids
 
@@ -150,6 +151,7 @@ class Quality:
     decode_tok_s: float = 0.0  # one request, the Chat tab's default sampling
     batch_tok_s: float = 0.0  # SPEED_BATCH requests at once, aggregate
     generation: GenerationCheck | None = None  # None: not run (the teacher-forced checks already failed)
+    carried: Fp32Figures | None = None  # figures measured where the variant was made (never stored in the memo)
 
     @property
     def teacher_forced_ok(self) -> bool:

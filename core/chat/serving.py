@@ -336,7 +336,12 @@ class ChatRuntimes:
         return min(timed, key=timed.get)
 
     def _torch_quality(self, loaded: LoadedModel, backend: TorchBackend) -> Quality | None:
-        """Agreement from the precision measurement; perplexity measured here, once per model and precision."""
+        """Agreement from the precision measurement; perplexity measured here, once per model and precision. An
+        in-memory variant shows the figures of the tab that made it: measured here it would be its own reference."""
+        if loaded.source == "memory":
+            figures = loaded.against_fp32
+            return None if figures is None else Quality(figures.agreement, figures.perplexity,
+                                                        figures.fp32_perplexity, carried=figures)
         memo = cache_dir() / "torch_quality.json"
         key = f"v2|{loaded.path}|{loaded.precision}|{loaded.device}"
         try:

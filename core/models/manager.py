@@ -37,6 +37,19 @@ class Resolved:
     source: str  # "local folder" | "offline package" | "hub"
 
 
+@dataclass(frozen=True)
+class Fp32Figures:
+    """A variant's quality against its fp32 model, measured where the variant was made (the Quantize tab's run), so
+    every tab that serves the variant can show those figures instead of comparing the variant with itself."""
+
+    agreement: float  # share of next tokens equal to fp32's, teacher forced on the evaluation text
+    perplexity: float
+    fp32_perplexity: float
+    tokens: int  # evaluation tokens both models were scored on
+    text: str  # the evaluation text's name
+    measured_by: str  # the tab that measured them
+
+
 @dataclass
 class LoadedModel:
     model_id: str
@@ -52,6 +65,7 @@ class LoadedModel:
     nbytes: int
     precision_measured: dict[str, Measurement] = field(default_factory=dict)  # CPU auto choice: what it was based on
     precision_skipped: dict[str, str] = field(default_factory=dict)  # candidates not measured, and why (memory)
+    against_fp32: Fp32Figures | None = None  # an in-memory variant's figures from where it was made
 
     @property
     def family(self) -> str:

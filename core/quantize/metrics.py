@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from core.common.errors import InputError, StoppedError, check_number
 from core.common.stopping import StopFlag
 from core.common.uploads import UploadError, read_table, require_columns
+from core.models.manager import Fp32Figures
 from core.models.registry import CAUSAL_LM
 from core.evaluate.perplexity import encode, scored_windows
 from core.quantize.variants import VARIANTS, CompressionOptions, build_variant, calibrated, unavailable_reason
@@ -89,6 +90,15 @@ class Comparison:
 
     def ok(self) -> list[VariantResult]:
         return [r for r in self.results if r.status == "ok"]
+
+    def against_fp32(self, variant: str, text: str) -> Fp32Figures | None:
+        """A measured language-model variant's agreement and perplexity next to fp32's, to travel with the variant
+        (None for classifiers and for variants this comparison did not measure)."""
+        rows = {r.variant: r for r in self.ok()}
+        row, base = rows.get(variant), rows.get(BASELINE)
+        if self.task != CAUSAL_LM or row is None or base is None:
+            return None
+        return Fp32Figures(row.top1_agreement, row.perplexity, base.perplexity, self.eval_tokens, text, "Quantize")
 
 
 # ---- measures ------------------------------------------------------------------------------------

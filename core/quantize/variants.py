@@ -465,8 +465,9 @@ def variant_id(model_id: str, name: str) -> str:
     return f"{model_id.rstrip('/').split('/')[-1]} [{name}]"
 
 
-def register_variant(manager, base, name: str, opts: CompressionOptions):
-    """Build a variant of an fp32 LoadedModel and register it with the model manager so every tab can use it."""
+def register_variant(manager, base, name: str, opts: CompressionOptions, against_fp32=None):
+    """Build a variant of an fp32 LoadedModel and register it with the model manager so every tab can use it, with
+    its figures against fp32 (core.models.manager.Fp32Figures) when a comparison measured this very build."""
     import time
 
     from core.models.manager import LoadedModel, model_nbytes
@@ -477,6 +478,7 @@ def register_variant(manager, base, name: str, opts: CompressionOptions):
     start = time.perf_counter()
     built = build_variant(name, base.model, opts if opts.calibration_ids else calibrated(opts, base.tokenizer))
     loaded = LoadedModel(variant_id(base.model_id, name), base.task, "memory", base.path, built.model, base.tokenizer,
-                         base.device, name, base.is_chat, time.perf_counter() - start, model_nbytes(built.model))
+                         base.device, name, base.is_chat, time.perf_counter() - start, model_nbytes(built.model),
+                         against_fp32=against_fp32)
     manager.register(loaded)
     return loaded
