@@ -76,9 +76,11 @@ def main(argv: list[str] | None = None) -> None:
     configure_threads()
     settings = settings_from(args)
     logging.getLogger("llm_playground").info(settings.describe())
-    services = Services(settings=settings, default_chat_model=args.model,
+    tabs = chosen_tabs(args, settings.classroom)
+    # The default models of the chosen tabs are prepared in the background as soon as the server listens.
+    services = Services(settings=settings, default_chat_model=args.model, prepare_tabs=tabs,
                         manager=ModelManager(offline=args.offline, allow_remote_code=settings.allow_remote_code))
-    demo = build_app(services, chosen_tabs(args, settings.classroom))
+    demo = build_app(services, tabs)
     launch(demo, services, server_name=args.host, server_port=args.port, share=args.share, **launch_options())
 
 

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from api.readiness import readiness_router
 from core.chat.engine import GenerationError
 from core.chat.openai_protocol import (
     ApiError,
@@ -258,12 +259,14 @@ def warn_if_open(services: Services, host: str) -> None:
 
 
 def launch(demo, services: Services, block: bool = True, **launch_options):
-    """Serve the Blocks (with gradio's queue) and the /v1 routes on one server and port. The routes are part of the
-    app before the server starts, so a client that connects the moment the port opens finds them."""
+    """Serve the Blocks (with gradio's queue), the /v1 routes and GET /readiness on one server and port, then start
+    preparing the default models. The routes are part of the app before the server starts, so a client that
+    connects the moment the port opens finds them."""
     warn_if_open(services, launch_options.get("server_name") or "127.0.0.1")
-    demo.queue(default_concurrency_limit=4).launch(prevent_thread_lock=True,
-                                                   app_kwargs={"routes": openai_router(services).routes},
+    routes = openai_router(services).routes + readiness_router(services.readiness).routes
+    demo.queue(default_concurrency_limit=4).launch(prevent_thread_lock=True, app_kwargs={"routes": routes},
                                                    **launch_options)
+    services.readiness.start()
     if block:
         demo.block_thread()
     return demo

@@ -5,11 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.chat.serving import ChatRuntimes
+from core.common.readiness import Readiness, Stage
 from core.common.settings import Settings
 from core.common.work_queue import WorkQueue
 from core.models.manager import ModelManager
-from core.models.registry import CAUSAL_LM, DEFAULT_CHAT_MODEL, presets
+from core.models.registry import CAUSAL_LM, DEFAULT_CHAT_MODEL, OFFLINE_CLASSIFIER, TEXT_CLASSIFICATION, presets
 from core.models.store import ModelStore
+
+# Which tabs open on each default model (tab names as the UI registers them).
+CHAT_MODEL_TABS = ("chat", "evaluate")
+CLASSIFIER_TABS = ("classify", "explain", "bias")
 
 
 @dataclass
@@ -18,8 +23,11 @@ class Services:
     manager: ModelManager | None = None
     store: ModelStore = field(default_factory=ModelStore)
     default_chat_model: str = DEFAULT_CHAT_MODEL
+    default_classifier: str = OFFLINE_CLASSIFIER
     work: WorkQueue | None = None
     chat: ChatRuntimes | None = None
+    prepare_tabs: tuple[str, ...] = ()  # the tabs whose default models are prepared at start (none: on first use)
+    readiness: Readiness | None = None
 
     def __post_init__(self) -> None:
         if self.manager is None:
@@ -28,6 +36,18 @@ class Services:
             self.work = WorkQueue(self.settings.heavy_runs_at_once, self.settings.run_seconds)
         if self.chat is None:
             self.chat = ChatRuntimes(self.manager, self.settings.chat_runtime, max_batch=self.settings.chat_batch)
+        if self.readiness is None:
+            self.readiness = Readiness(self.startup_stages(self.prepare_tabs))
+
+    def startup_stages(self, tabs: tuple[str, ...]) -> list[Stage]:
+        """What the given tabs need prepared, in order: the chat engine (conversion, exports, the measured runtime
+        choice), then the classifier (its one-time training), each loaded so the first click answers at once."""
+        stages = [Stage("chat", f"Chat model {self.default_chat_model}", CHAT_MODEL_TABS,
+                        lambda progress: self.chat.serve(self.default_chat_model, progress=progress)),
+                  Stage("classifier", f"Classifier {self.default_classifier}", CLASSIFIER_TABS,
+                        lambda progress: self.manager.load(self.default_classifier, task=TEXT_CLASSIFICATION,
+                                                           progress=progress))]
+        return [s for s in stages if set(s.tabs) & set(tabs)]
 
     @property
     def offline(self) -> bool:

@@ -58,6 +58,23 @@ def services(tmp_path_factory):
                     store=ModelStore(tmp_path_factory.mktemp("store")))
 
 
+@pytest.fixture(scope="session")
+def default_models(services):
+    """The app's start-up preparation (the SmolLM2 chat engine, then the default classifier), run once before the
+    first test that uses a real model: built once per machine (cached under LLMPG_HOME), loaded once per session."""
+    from core.common.readiness import Readiness
+
+    report = Readiness(services.startup_stages(("chat", "classify"))).run()
+    assert report.ready, report.as_dict()
+    return report
+
+
+@pytest.fixture(autouse=True)
+def _real_models_prepared(request):
+    if request.node.get_closest_marker("real_model"):
+        request.getfixturevalue("default_models")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -70,13 +87,14 @@ def app_url(services):
     yield from launched(services)
 
 
-def launched(services):
-    """Launch the whole app (UI and /v1 API) on a free port, as app.py does; yields its URL, closes it after."""
+def launched(services, tabs: tuple[str, ...] = ()):
+    """Launch the app (UI, /v1 API and /readiness; `tabs`, else all) on a free port, as app.py does; yields its URL,
+    closes it after."""
     from api.openai_server import launch
     from ui.app import build_app, launch_options
 
     # LLMPG_TABS=chat,explain builds a subset (handy while one tab is being worked on); CI builds all.
-    tabs = tuple(t for t in os.environ.get("LLMPG_TABS", "").split(",") if t)
+    tabs = tabs or tuple(t for t in os.environ.get("LLMPG_TABS", "").split(",") if t)
     demo = build_app(services, tabs) if tabs else build_app(services)
     port = _free_port()
     launch(demo, services, block=False, server_name="127.0.0.1", server_port=port, quiet=True, **launch_options())

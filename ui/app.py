@@ -8,7 +8,7 @@ import gradio as gr
 
 from core.models.paths import assets_dir
 from core.services import Services
-from ui import lessons
+from ui import lessons, readiness_view
 from ui.components import guard
 
 # tab name -> (module with build_tab(shell), label). Order is the order on screen.
@@ -42,8 +42,10 @@ def build_app(services: Services, tabs: tuple[str, ...] = tuple(TABS)) -> gr.Blo
     unknown = set(tabs) - set(TABS)
     if unknown:
         raise ValueError(f"unknown tabs {sorted(unknown)}; choose from {list(TABS)}")
+    tab_labels = {name: TABS[name][1] for name in tabs}
     with gr.Blocks(title="LLM Playground") as demo:
         gr.Markdown(header(services))
+        notice, timer = readiness_view.build(services)
         with gr.Accordion("📘 Lessons for a class", open=False):
             lesson_picker, open_lesson = lessons.lesson_menu()
         with gr.Tabs() as tab_group:
@@ -53,6 +55,7 @@ def build_app(services: Services, tabs: tuple[str, ...] = tuple(TABS)) -> gr.Blo
                 with gr.Tab(label, id=name, elem_id=f"tab-{name}"):
                     shell.components[name] = importlib.import_module(module).build_tab(shell)
         lessons.wire(shell, demo, lesson_picker, open_lesson)
+        readiness_view.wire(services, demo, notice, timer, tab_labels)
     for block_fn in demo.fns.values():  # every handler: bad input gets its message, a bug a short one and a log
         if block_fn.fn is not None:
             block_fn.fn = guard(block_fn.fn)

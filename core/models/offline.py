@@ -70,5 +70,5 @@ def convert_smollm2(out: Path, progress: Progress | None = None) -> None:
 OFFLINE_MODELS: dict[str, OfflineModel] = {
     DEFAULT_CHAT_MODEL: OfflineModel(DEFAULT_CHAT_MODEL, convert_smollm2, "smollm2-135m-instruct"),
     OFFLINE_ENCODER: OfflineModel(OFFLINE_ENCODER, minilm_folder),
-    OFFLINE_CLASSIFIER: OfflineModel(OFFLINE_CLASSIFIER, default_classifier.build, "minilm-sentiment-v2"),
+    OFFLINE_CLASSIFIER: OfflineModel(OFFLINE_CLASSIFIER, default_classifier.build, "minilm-sentiment-v3"),
 }

@@ -5,11 +5,22 @@ import os
 from pathlib import Path
 
 
+# A Hugging Face Space's persistent storage (when the Space has it): kept across restarts, unlike the rest of its disk.
+SPACE_STORAGE = Path("/data")
+
+
 def cache_dir() -> Path:
-    """Root for converted offline models, built defaults and the model store ($LLMPG_HOME)."""
-    root = Path(os.environ.get("LLMPG_HOME", Path.home() / ".cache" / "llm-playground"))
+    """Root for converted offline models, built defaults and the model store: $LLMPG_HOME, else the persistent
+    storage on a Space that has it, else ~/.cache/llm-playground."""
+    root = Path(os.environ["LLMPG_HOME"]) if os.environ.get("LLMPG_HOME") else default_home()
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def default_home() -> Path:
+    if os.environ.get("SPACE_ID") and SPACE_STORAGE.is_dir() and os.access(SPACE_STORAGE, os.W_OK):
+        return SPACE_STORAGE / "llm-playground"
+    return Path.home() / ".cache" / "llm-playground"
 
 
 def assets_dir() -> Path:
