@@ -176,7 +176,7 @@ def _example_loaded(page, model_folder):
 def test_browser_trains_the_example(page, screenshot_dir, tiny_classifier_dir):
     tab = _example_loaded(page, tiny_classifier_dir)
     tab.get_by_role("button", name="Hyperparameters").click()
-    tab.get_by_label("Epochs").fill("20")  # long enough to be seen running; Stop ends it
+    tab.get_by_label("Epochs").fill("200")  # long enough to be seen running, and reloaded; Stop ends it
     tab.get_by_label("Learning rate").fill("0.001")
     tab.get_by_role("button", name="Train", exact=True).click()
     tab.get_by_text("step ", exact=False).first.wait_for(timeout=60_000)

@@ -29,7 +29,7 @@ def test_a_lesson_link_presets_the_page_and_locks_the_model(browser, app_url, sc
     panel.get_by_text("They part ways at token", exact=False).wait_for(timeout=180_000)
     page.screenshot(path=str(screenshot_dir / "lesson_compare.png"), full_page=True)
     panel.get_by_role("button", name="Share this setup").click()
-    link = panel.get_by_label("Link to this setup")
+    link = page.locator("#chat-share-link textarea")
     link.wait_for(timeout=30_000)
     shared = link.input_value()
     assert "tab=compare" in shared and "temperature_b=1.2" in shared and "seed_b=9" in shared, shared

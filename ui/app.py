@@ -32,6 +32,9 @@ class Shell:
     demo: gr.Blocks  # for a tab's page-load events
     components: dict[str, dict[str, gr.Component]] = field(default_factory=dict)
     notes: dict[str, gr.Markdown] = field(default_factory=dict)  # each tab's slot for a lesson's notes
+    # Made with render=False by a tab, rendered at the page's root: a BrowserState inside a tab that is not open
+    # reads as empty until the tab is opened, too late for a page-load event.
+    page_level: list[gr.Component] = field(default_factory=list)
 
 
 def header(services: Services) -> str:
@@ -55,6 +58,8 @@ def build_app(services: Services, tabs: tuple[str, ...] = tuple(TABS)) -> gr.Blo
                 with gr.Tab(label, id=name, elem_id=f"tab-{name}"):
                     shell.notes[name] = lessons.notes_slot(name)
                     shell.components[name] = importlib.import_module(module).build_tab(shell)
+        for component in shell.page_level:
+            component.render()
         lessons.wire(shell, demo, lesson_picker, open_lesson)
     for block_fn in demo.fns.values():  # every handler: bad input gets its message, a bug a short one and a log
         if block_fn.fn is not None:

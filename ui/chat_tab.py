@@ -335,7 +335,8 @@ def build_tab(shell) -> dict[str, gr.Component]:
             c["seed"] = gr.Number(-1, precision=0, label="Seed",
                                   info="Same seed and settings give the same reply; -1 = random (shown under the reply)")
             c["share"] = gr.Button("🔗 Share this setup", size="sm")
-            c["share_link"] = gr.Textbox(label="Link to this setup", visible=False, buttons=["copy"], interactive=False)
+            c["share_link"] = gr.Textbox(label="Link to this setup", visible=False, buttons=["copy"], interactive=False,
+                                         elem_id="chat-share-link")
     wire(handlers, c, services)
     chat_teaching.wire(services, c)
     connect.click(handlers.connect_remote, [session, remote_url, remote_model, remote_key], c["model_info"],

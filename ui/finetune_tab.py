@@ -378,7 +378,8 @@ def build_tab(shell) -> dict[str, gr.Component]:
             c["private"] = gr.Checkbox(True, label="Private")
             c["push"] = gr.Button("Push to the Hub")
         c["push_msg"] = gr.Markdown()
-    c["user"] = gr.BrowserState("", storage_key="llmpg_finetune_user")
+    c["user"] = gr.BrowserState("", storage_key="llmpg_finetune_user", render=False)  # read on page load
+    shell.page_level.append(c["user"])
     shown_version, shown_state = gr.State(-1), gr.State("")
     c["timer"] = gr.Timer(1.0)
 
