@@ -17,10 +17,13 @@ from core.common.stopping import StopFlag
 from core.common.uploads import UploadError
 from core.common.work_queue import WorkQueue
 from core.finetune.data import (
+    ColumnGuess,
     ColumnMapping,
+    DataRequest,
     LabeledTexts,
     LmTexts,
     TaggedSentences,
+    guess_columns,
     prepare,
     preview,
     read_conll,
@@ -56,6 +59,45 @@ def test_missing_column_names_the_columns(tmp_path):
     path = write_csv(tmp_path / "a.csv", sentence=["x", "y"], label=["a", "b"])
     with pytest.raises(UploadError, match="no column 'text'.*'sentence', 'label'"):
         prepare(TEXT_CLASSIFICATION, path, ColumnMapping())
+
+
+def test_an_id_column_is_never_guessed_and_a_missing_label_is_named_first(tmp_path):
+    assert guess_columns(["id", "comment_body"]) == ColumnGuess("comment_body", None, None)
+    assert guess_columns(["ID", "comment_id", "body", "toxic"]) == ColumnGuess("body", "toxic", None)
+    assert guess_columns(["Unnamed: 0", "review", "sentiment"]) == ColumnGuess("review", "sentiment", None)
+    assert guess_columns(["prompt", "response"]) == ColumnGuess("response", None, "prompt")
+    path = write_csv(tmp_path / "comments.csv", id=["1", "2", "3"], comment_body=["a", "b", "c"])
+    # what the form sends when no label column was found: the default name, which the file lacks
+    request = DataRequest(TEXT_CLASSIFICATION, str(path), "comment_body", None)
+    with pytest.raises(UploadError, match=r"no column 'label' \(the label\); its columns are 'id', 'comment_body'\. "
+                                          "Pick the label column"):
+        request.prepare()
+    with pytest.raises(UploadError, match="the text and label are both the column 'id'"):
+        DataRequest(TEXT_CLASSIFICATION, str(path), "id", "id").prepare()
+    with pytest.raises(UploadError, match="'id' has a different value in every row, like an id"):
+        DataRequest(TEXT_CLASSIFICATION, str(path), "comment_body", "id").prepare()
+
+
+def test_examples_to_use_samples_every_class_and_says_so(tmp_path):
+    path = write_csv(tmp_path / "many.csv", text=[f"t{i}" for i in range(200)], label=["a", "b", "b", "c"] * 50)
+    data = DataRequest(TEXT_CLASSIFICATION, str(path), max_examples=40).prepare()
+    assert len(data.train) + len(data.eval) == 40 and set(data.train.labels) == {"a", "b", "c"}
+    assert data.train.labels.count("b") == 2 * data.train.labels.count("a")  # stratified: the shares are kept
+    assert "a sample of the file's 200" in data.summary()
+    full = DataRequest(TEXT_CLASSIFICATION, str(path), max_examples=0).prepare()
+    assert len(full.train) + len(full.eval) == 200 and "sample" not in full.summary()
+    with pytest.raises(UploadError, match="at least 4"):
+        DataRequest(TEXT_CLASSIFICATION, str(path), max_examples=2).prepare()
+
+
+def test_the_eta_follows_the_steps_after_the_first():
+    from core.finetune.progress import ProgressSnapshot
+
+    def eta(step, elapsed, first):
+        return ProgressSnapshot("Training", step, 10, elapsed, (), (), (), (), 0, first).eta_seconds
+
+    assert eta(1, 10.0, 10.0) is None  # one step, all warm-up: no honest ETA yet
+    assert eta(3, 12.0, 10.0) == pytest.approx(7.0)  # 1 s a step since the first, 7 steps to go
 
 
 def test_one_class_is_refused(tmp_path):

@@ -12,6 +12,13 @@ from core.finetune.tasks import default_hyperparameters
 from core.models.registry import TEXT_CLASSIFICATION
 from tests.browser_helpers import open_tab
 
+# Installed before a page's own scripts: notes whether the Fine-tune status ever said there was no run.
+WATCH_NO_RUN = """window.sawNoRun = false;
+new MutationObserver(() => {
+  const status = document.getElementById("finetune-status");
+  if (status && status.textContent.includes("No run yet")) window.sawNoRun = true;
+}).observe(document, {subtree: true, childList: true, characterData: true});"""
+
 
 def train_args(user, model, train_file, eval_percent=25, **hyper) -> dict:
     """/finetune_train's named values: who, which model, the data form and every hyperparameter."""
@@ -49,6 +56,8 @@ def test_client_uploads_a_csv_and_trains_one_epoch(client, tiny_classifier_dir, 
     out = poll_until_done(client, user)
     assert ": finished" in out[0], out[0]
     assert "accuracy" in out[2] and "Trainable parameters" in out[2]
+    # one model: its size and speed in a line, no one-row table, no ratio of a row to itself
+    assert "Size and speed:" in out[2] and "Speed ratio" not in out[2] and "| model |" not in out[2]
     report = out[3]["value"]
     assert report["headers"][:2] == ["label", "precision"] and [row[0] for row in report["data"]] == ["bad", "good"]
     zipped = client.predict(user, api_name="/finetune_zip")
@@ -139,6 +148,15 @@ def test_client_bad_file_gets_a_message(client, tmp_path):
                              label_col="label", lm_format="Plain text", prompt_col=None, eval_percent=10,
                              eval_file=None, ood_file=None, api_name="/finetune_check")
     assert "⚠️" in checked and "at least two" in checked
+    comments = tmp_path / "comments.csv"
+    comments.write_text("id,comment_body\n1,great\n2,awful\n3,fine\n")
+    shown = client.predict(handle_file(str(comments)), TEXT_CLASSIFICATION, api_name="/finetune_preview")
+    assert shown[1]["value"] == "comment_body" and shown[2]["value"] is None  # never the id column
+    assert "No label column found" in shown[5] and "id, comment_body" in shown[5]
+    checked = client.predict(seed=42, task=TEXT_CLASSIFICATION, train_file=handle_file(str(comments)),
+                             text_col="comment_body", label_col=None, lm_format="Plain text", prompt_col=None,
+                             eval_percent=10, eval_file=None, ood_file=None, max_examples=0, api_name="/finetune_check")
+    assert "no column 'label' (the label)" in checked and "'id', 'comment_body'" in checked, checked
     _, message = client.predict(**train_args(uuid.uuid4().hex, "no/such-model-offline", handle_file(str(one_class))),
                                 api_name="/finetune_train")
     assert message.startswith("⚠️") and "at least two" in message
@@ -158,7 +176,7 @@ def _example_loaded(page, model_folder):
 def test_browser_trains_the_example(page, screenshot_dir, tiny_classifier_dir):
     tab = _example_loaded(page, tiny_classifier_dir)
     tab.get_by_role("button", name="Hyperparameters").click()
-    tab.get_by_label("Epochs").fill("20")  # long enough to be seen running; Stop ends it
+    tab.get_by_label("Epochs").fill("200")  # long enough to be seen running, and reloaded; Stop ends it
     tab.get_by_label("Learning rate").fill("0.001")
     tab.get_by_role("button", name="Train", exact=True).click()
     tab.get_by_text("step ", exact=False).first.wait_for(timeout=60_000)
@@ -166,9 +184,13 @@ def test_browser_trains_the_example(page, screenshot_dir, tiny_classifier_dir):
     page.wait_for_timeout(1500)
     page.screenshot(path=str(screenshot_dir / "finetune_during.png"), full_page=True)
     assert tab.get_by_text("ETA", exact=False).count() >= 1
+    page.add_init_script(WATCH_NO_RUN)
     page.reload()  # the run lives on the server, found again through the id the browser keeps
     tab = open_tab(page, "finetune")
     tab.get_by_text("Text classification on", exact=False).first.wait_for(timeout=30_000)
+    tab.locator(".js-plotly-plot .scatterlayer .trace").first.wait_for(timeout=30_000)  # the curves so far, too
+    page.screenshot(path=str(screenshot_dir / "finetune_reloaded.png"), full_page=True)
+    assert page.evaluate("window.sawNoRun") is False  # the running job at once, never "No run yet" first
     tab.get_by_role("button", name="Stop", exact=True).click()
     tab.get_by_text("Results:", exact=False).wait_for(timeout=120_000)
     page.wait_for_timeout(1000)

@@ -11,7 +11,7 @@ from core.chat.sampling import SamplingSettings
 from core.chat.tokenizer_view import tokenize
 from ui.chat_view import tokenizer_html as render_html
 from core.common.errors import InputError
-from core.lessons.links import from_query, library, share_link
+from core.lessons.links import Lesson, from_query, library, share_link
 from core.models.packaged import minilm_folder
 from core.models.registry import DEFAULT_CHAT_MODEL
 
@@ -65,12 +65,30 @@ def test_lessons_ship_with_notes_and_links_are_data_checked():
                       "lock": "model,password", "prompt": "<img src=x onerror=alert(1)>"})
     assert odd.tab == "chat" and odd.model == "" and odd.settings == SamplingSettings() and odd.lock == ("model",)
     assert odd.prompt == "<img src=x onerror=alert(1)>"  # kept as text: it only ever fills a text box
-    assert len(odd.messages) == 5 and any("between 0 and 5" in m for m in odd.messages)
+    assert len(odd.messages) == 5 and any("Temperature must be between 0 and 2" in m for m in odd.messages)
     assert from_query({}) is None and "no lesson" in from_query({"lesson": "nope"}).messages[0]
-    link = share_link("http://host:7860", "chat", DEFAULT_CHAT_MODEL, "Hi & bye?", "", SamplingSettings(temperature=1.2))
+    link = share_link("http://host:7860", Lesson("chat", DEFAULT_CHAT_MODEL, "Hi & bye?",
+                                                 settings=SamplingSettings(temperature=1.2)))
     values = {k: v[0] for k, v in parse_qs(urlparse(link).query).items()}
     again = from_query(values)
     assert again.prompt == "Hi & bye?" and again.settings.temperature == 1.2 and again.model == DEFAULT_CHAT_MODEL
+
+
+def test_link_ranges_are_the_sliders_and_compare_keeps_both_sides():
+    # the sliders stop where the page's controls do, narrower than what the engine accepts
+    for value, named in (("2.5", "Temperature must be between 0 and 2"), ("500", "Top-k must be between 0 and 200"),
+                         ("0.9", "Repetition penalty must be between 1 and 2")):
+        key = {"Temperature": "temperature", "Top-k": "top_k", "Repetition penalty": "repetition_penalty"}[
+            named.split(" must")[0]]
+        assert any(named in m for m in from_query({key: value}).messages), named
+    assert "Max new tokens must be between 1 and 128" in from_query({"max_new_tokens": "500"}, 128).messages[0]
+    setup = Lesson("compare", DEFAULT_CHAT_MODEL, "Sea?", settings=SamplingSettings(temperature=0, seed=7),
+                   precision_a="onnx-int8", model_b="gpt2", precision_b="fp32", temperature_b=1.5, seed_b=8)
+    again = from_query({k: v[0] for k, v in parse_qs(urlparse(share_link("http://h", setup)).query).items()})
+    assert again == setup
+    odd = from_query({"tab": "compare", "temperature_b": "9", "precision_b": "int2"})
+    assert odd.temperature_b is None and odd.precision_b == "" and len(odd.messages) == 2
+    assert library()["temperature"].temperature_b == 1.2  # the lesson names side B's temperature
 
 
 # ---- through gradio_client ------------------------------------------------------------------------------------------
@@ -122,7 +140,12 @@ def test_compare_tokenize_lesson_and_share_through_the_api(client, tiny_lm_dirs)
     assert "byte-level BPE" in view_a and "WordPiece" in view_b
     opened = client.predict(name="temperature", api_name="/open_lesson")
     assert any("Temperature: how sure" in str(v) for v in opened) and "Write one sentence about the sea." in opened
+    # the lesson opened Compare: the link is Compare's, with both sides
     link = client.predict(model=model, message="Why is the sky blue?", system="Be brief.", temperature=1.2, top_k=50,
                           top_p=0.9, min_p=0.0, repetition_penalty=1.1, max_new_tokens=64, seed=5,
-                          api_name="/share_setup")
-    assert "temperature=1.2" in link["value"] and "Why+is+the+sky+blue" in link["value"]
+                          compare_prompt="Sea?", compare_tokens=30, compare_model_a=model, compare_precision_a="fp32",
+                          compare_temperature_a=0, compare_seed_a=7, compare_model_b=model, compare_precision_b="auto",
+                          compare_temperature_b=1.3, compare_seed_b=8, api_name="/share_setup")["value"]
+    assert all(part in link for part in ("tab=compare", "prompt=Sea%3F", "temperature=0", "max_new_tokens=30",
+                                         "precision_a=fp32", "temperature_b=1.3", "seed_b=8")), link
+    assert "model_b" not in link and "precision_b" not in link  # the same model, and the measured precision

@@ -28,10 +28,31 @@ def test_a_lesson_link_presets_the_page_and_locks_the_model(browser, app_url, sc
     panel.get_by_role("button", name="Compare", exact=True).click()
     panel.get_by_text("They part ways at token", exact=False).wait_for(timeout=180_000)
     page.screenshot(path=str(screenshot_dir / "lesson_compare.png"), full_page=True)
+    panel.get_by_role("button", name="Share this setup").click()
+    link = page.locator("#chat-share-link textarea")
+    link.wait_for(timeout=30_000)
+    shared = link.input_value()
+    assert "tab=compare" in shared and "temperature_b=1.2" in shared and "seed_b=9" in shared, shared
+    panel.get_by_role("tab", name="Conversation").click()  # the view on screen is what a link opens
+    panel.get_by_role("button", name="Share this setup").click()
+    page.wait_for_function("l => !l.value.includes('tab=compare')", arg=link.element_handle(), timeout=30_000)
+    assert "tab=chat" in link.input_value()
     page.goto(app_url + "?tab=chat&temperature=99&model=../etc")  # out of range: a message and the defaults
-    page.get_by_text("Temperature must be between 0 and 5", exact=False).wait_for(timeout=60_000)
+    page.get_by_text("Temperature must be between 0 and 2", exact=False).wait_for(timeout=60_000)
     assert page.locator("#tab-chat").get_by_label("Temperature").first.input_value() == "0.7"
     context.close()
+
+
+def test_a_lesson_for_explain_opens_it_with_the_teachers_note(page, app_url, screenshot_dir):
+    page.goto(app_url + "?lesson=attention")
+    note = page.locator("#lesson-notes-explain")
+    note.get_by_text("For the teacher", exact=False).wait_for(timeout=60_000)
+    assert "Attention: where does each word look?" in note.inner_text()
+    assert page.locator("#tab-explain").is_visible() and not page.locator("#tab-chat").is_visible()
+    assert page.locator("#tab-explain").get_by_label("Text", exact=False).first.input_value().startswith("The animal")
+    page.screenshot(path=str(screenshot_dir / "lesson_explain.png"), full_page=True)
+    open_tab(page, "chat")
+    assert not page.locator("#lesson-notes-chat").is_visible()  # the note is not left in another tab
 
 
 def test_clicking_an_alternative_token_branches_the_reply(page, screenshot_dir):

@@ -25,11 +25,16 @@ TABS: dict[str, tuple[str, str]] = {
 
 @dataclass
 class Shell:
-    """What a tab builder gets: the shared services, the tab group, and the tabs built before it."""
+    """What a tab builder gets: the shared services, the tab group, the page, and the tabs built before it."""
 
     services: Services
     tabs: gr.Tabs
+    demo: gr.Blocks  # for a tab's page-load events
     components: dict[str, dict[str, gr.Component]] = field(default_factory=dict)
+    notes: dict[str, gr.Markdown] = field(default_factory=dict)  # each tab's slot for a lesson's notes
+    # Made with render=False by a tab, rendered at the page's root: a BrowserState inside a tab that is not open
+    # reads as empty until the tab is opened, too late for a page-load event.
+    page_level: list[gr.Component] = field(default_factory=list)
 
 
 def header(services: Services) -> str:
@@ -49,11 +54,14 @@ def build_app(services: Services, tabs: tuple[str, ...] = tuple(TABS)) -> gr.Blo
         with gr.Accordion("📘 Lessons for a class", open=False):
             lesson_picker, open_lesson = lessons.lesson_menu()
         with gr.Tabs() as tab_group:
-            shell = Shell(services, tab_group)
+            shell = Shell(services, tab_group, demo)
             for name in (t for t in TABS if t in tabs):
                 module, label = TABS[name]
                 with gr.Tab(label, id=name, elem_id=f"tab-{name}"):
+                    shell.notes[name] = lessons.notes_slot(name)
                     shell.components[name] = importlib.import_module(module).build_tab(shell)
+        for component in shell.page_level:
+            component.render()
         lessons.wire(shell, demo, lesson_picker, open_lesson)
         readiness_view.wire(services, demo, notice, timer, tab_labels)
     for block_fn in demo.fns.values():  # every handler: bad input gets its message, a bug a short one and a log

@@ -14,7 +14,7 @@ import gradio as gr
 
 from core.chat.prompting import CHAT_TEMPLATE, DEFAULT_SYSTEM_PROMPT, Turn
 from core.chat.remote import RemoteServer
-from core.chat.sampling import SamplingSettings
+from core.chat.sampling import SLIDER_RANGES, SamplingSettings
 from core.chat.serving import ServedModel
 from core.chat.session import ChatSession, ChatUpdate, EmptyMessageError
 from core.chat.transcript import from_json, to_json
@@ -326,26 +326,28 @@ def build_tab(shell) -> dict[str, gr.Component]:
                     conversation(c)
                 chat_teaching.build(shell, c)
         with gr.Column(scale=1, min_width=260):
-            c["lesson"] = gr.Markdown(visible=False, elem_id="lesson-notes")
             c["system"] = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=3,
                                      info="Instruct models get it through their chat template; base models as the first "
                                           "line")
             c["no_system"] = gr.Checkbox(False, label="No system prompt",
                                          info="Send none at all: with an empty box, some chat templates write their own")
-            c["temperature"] = gr.Slider(0, 2, 0.7, step=0.05, label="Temperature",
+            c["temperature"] = gr.Slider(*SLIDER_RANGES["temperature"], 0.7, step=0.05, label="Temperature",
                                          info="0 = greedy: always the likeliest token")
-            c["top_k"] = gr.Slider(0, 200, 50, step=1, label="Top-k", info="Keep the k likeliest tokens (0 = off)")
-            c["top_p"] = gr.Slider(0.05, 1, 0.95, step=0.01, label="Top-p",
+            c["top_k"] = gr.Slider(*SLIDER_RANGES["top_k"], 50, step=1, label="Top-k",
+                                   info="Keep the k likeliest tokens (0 = off)")
+            c["top_p"] = gr.Slider(*SLIDER_RANGES["top_p"], 0.95, step=0.01, label="Top-p",
                                    info="Keep the likeliest tokens up to this mass")
-            c["min_p"] = gr.Slider(0, 0.5, 0.0, step=0.01, label="Min-p",
+            c["min_p"] = gr.Slider(*SLIDER_RANGES["min_p"], 0.0, step=0.01, label="Min-p",
                                    info="Drop tokens below this fraction of the top token's probability")
-            c["repetition_penalty"] = gr.Slider(1, 2, 1.1, step=0.05, label="Repetition penalty", info="1 = off")
+            c["repetition_penalty"] = gr.Slider(*SLIDER_RANGES["repetition_penalty"], 1.1, step=0.05,
+                                                label="Repetition penalty", info="1 = off")
             cap = services.settings.max_new_tokens
             c["max_new_tokens"] = gr.Slider(1, cap, min(256, cap), step=1, label="Max new tokens")
             c["seed"] = gr.Number(-1, precision=0, label="Seed",
                                   info="Same seed and settings give the same reply; -1 = random (shown under the reply)")
             c["share"] = gr.Button("🔗 Share this setup", size="sm")
-            c["share_link"] = gr.Textbox(label="Link to this setup", visible=False, buttons=["copy"], interactive=False)
+            c["share_link"] = gr.Textbox(label="Link to this setup", visible=False, buttons=["copy"], interactive=False,
+                                         elem_id="chat-share-link")
     wire(handlers, c, services)
     chat_teaching.wire(services, c)
     connect.click(handlers.connect_remote, [session, remote_url, remote_model, remote_key], c["model_info"],

@@ -7,7 +7,7 @@ import html
 import gradio as gr
 
 from core.chat.compare import CompareUpdate, Divergence, Side, compare
-from core.chat.sampling import SamplingSettings
+from core.chat.sampling import SLIDER_RANGES, SamplingSettings
 from core.chat.serving import PRECISION_CHOICES
 from core.chat.session import ChatSession
 from core.chat.stepwise import sampling_steps
@@ -107,7 +107,8 @@ def build(shell, c: dict) -> None:
                     with gr.Row():
                         c[f"compare_precision_{side}"] = gr.Dropdown(precisions, value="auto", label="Precision",
                                                                      min_width=120)
-                        c[f"compare_temperature_{side}"] = gr.Slider(0, 2, temperature, step=0.05, label="Temperature",
+                        c[f"compare_temperature_{side}"] = gr.Slider(*SLIDER_RANGES["temperature"], temperature,
+                                                                     step=0.05, label="Temperature",
                                                                      min_width=120)
                         c[f"compare_seed_{side}"] = gr.Number(7, precision=0, label="Seed", min_width=80)
         with gr.Row():

@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 
 from core.common.errors import InputError, PlaygroundError
 from core.common.uploads import MAX_UPLOAD_BYTES
-from core.finetune.data import DataRequest, columns, preview
+from core.finetune.data import LABEL_NAMES, TEXT_NAMES, DataRequest, columns, guess_columns, preview
 from core.finetune.hub import push_to_hub, zip_model
 from core.finetune.jobs import DONE, FAILED, Job, JobRegistry
 from core.finetune.metrics import ClassificationMetrics, EntityMetrics, Metrics, PerplexityMetrics
@@ -40,16 +40,26 @@ BASES = {TEXT_CLASSIFICATION: (ENCODER, TEXT_CLASSIFICATION, CAUSAL_LM), CAUSAL_
 DEFAULT_BASE = {TEXT_CLASSIFICATION: OFFLINE_ENCODER, CAUSAL_LM: DEFAULT_CHAT_MODEL, TOKEN_CLASSIFICATION: OFFLINE_ENCODER}
 EXAMPLES = {TEXT_CLASSIFICATION: "sentiment_reviews.csv", CAUSAL_LM: "instructions.jsonl",
             TOKEN_CLASSIFICATION: "ner_tiny.txt"}
+# Examples the one-click example trains on, so that it finishes in a few minutes on 2 CPU cores (0: all of them;
+# measured with bench/finetune_example.py); setting "Examples to use" to 0 is the full run.
+EXAMPLE_SAMPLE = {TEXT_CLASSIFICATION: 1000, CAUSAL_LM: 0, TOKEN_CLASSIFICATION: 0}
 PLAIN, PAIRS = "Plain text", "Prompt / response"
 TERM_NAMES = {"kd_loss": "train KL to teacher", "ce_loss": "train cross-entropy"}
 DATA_FIELDS = ["task", "train_file", "text_col", "label_col", "lm_format", "prompt_col", "eval_percent", "eval_file",
-               "ood_file"]
+               "ood_file", "max_examples"]
 
 
-def _guess(names: list[str], *wanted: str, fallback: bool = True) -> str | None:
-    """The first column named like one of `wanted`; else the first column (when `fallback`)."""
-    lowered = {n.lower(): n for n in names}
-    return next((lowered[w] for w in wanted if w in lowered), names[0] if names and fallback else None)
+def missing_columns_note(names: list[str], text: str | None, label: str | None, task: str) -> str:
+    """What the preview says when no column fits a role the task needs (never guessed from an id column)."""
+    needed = {"text": (text, TEXT_NAMES)} if task != TOKEN_CLASSIFICATION else {}
+    if task == TEXT_CLASSIFICATION:
+        needed["label"] = (label, LABEL_NAMES)
+    missing = {role: wanted for role, (column, wanted) in needed.items() if column is None}
+    if not missing or not names:
+        return ""
+    expected = "; ".join(f"a {role} column is named like {', '.join(wanted[:4])}" for role, wanted in missing.items())
+    return (f"⚠️ No {' or '.join(missing)} column found ({expected}). This file's columns: "
+            f"{', '.join(names)}. Pick the {' and '.join(missing)} column{'s' if len(missing) > 1 else ''} above.")
 
 
 def _duration(seconds: float | None) -> str:
@@ -125,14 +135,18 @@ def result_markdown(result: FineTuneResult) -> str:
     if result.extra_metrics is not None:
         lines.append(f"- **Out-of-domain:** {metrics_lines(result.extra_metrics)}")
     lines += [f"- {note}" for note in result.notes]
-    if result.table:
+    if len(result.table) > 1:  # a comparison: teacher vs student, or this run vs its plain twin
         lines.append("\n" + facts_table(result.table))
+    elif result.table:
+        facts = result.table[0]
+        lines.append(f"- **Size and speed:** {facts.params:,} parameters, {facts.size_mb:.1f} MB of weights, "
+                     f"{facts.speed:,.0f} {facts.speed_unit} on the validation texts (this machine).")
     lines.append(f"\nSaved to `{result.folder}`; pick it as **★ {result.card.name}** in the other tabs' model lists.")
     return "\n".join(lines)
 
 
 def facts_table(rows) -> str:
-    """Teacher vs student, or this run vs its plain twin, as a markdown table."""
+    """Teacher vs student, or this run vs its plain twin, as a markdown table (two rows or more)."""
     speedup = rows[-1].speed / rows[0].speed if rows[0].speed else 0
     out = ["| model | parameters | trained | weights (MB) | speed | " + rows[0].score_name + " | training time |",
            "|---|---|---|---|---|---|---|"]
@@ -174,8 +188,9 @@ class FinetuneHandlers:
         return gr.update(label="Teacher model" if distil else "Base model", value=value)
 
     @staticmethod
-    def file_changed(path: str | None):
-        empty = (gr.update(value=None), *(gr.update(choices=[]),) * 3, gr.skip())
+    def file_changed(path: str | None, task: str = TEXT_CLASSIFICATION):
+        """Outputs: preview, text, label and prompt columns (guessed from the names), format, a note."""
+        empty = (gr.update(value=None), *(gr.update(choices=[], value=None),) * 3, gr.skip())
         if not path:
             return *empty, ""
         try:
@@ -183,14 +198,15 @@ class FinetuneHandlers:
         except PlaygroundError as err:
             return *empty, f"⚠️ {err}"
         table = table.map(lambda v: v[:45] + "…" if isinstance(v, str) and len(v) > 45 else v)  # room for every column
-        prompt = _guess(names, "prompt", "instruction", "question", fallback=False)
-        return (table, gr.update(choices=names, value=_guess(names, "text", "response", "sentence", "review")),
-                gr.update(choices=names, value=_guess(names, "label", "labels", "sentiment", "class")),
-                gr.update(choices=names, value=prompt), PAIRS if prompt else PLAIN, "")
+        guess = guess_columns(names)
+        return (table, gr.update(choices=names, value=guess.text), gr.update(choices=names, value=guess.label),
+                gr.update(choices=names, value=guess.prompt), PAIRS if guess.prompt else PLAIN,
+                missing_columns_note(names, guess.text, guess.label, task))
 
     @staticmethod
     def example(task: str):
-        return str(assets_dir() / EXAMPLES[task])
+        """Outputs: the example file, and how many of its examples the quick example run uses."""
+        return str(assets_dir() / EXAMPLES[task]), EXAMPLE_SAMPLE[task]
 
     @staticmethod
     def _data(form: dict) -> DataRequest:
@@ -198,7 +214,7 @@ class FinetuneHandlers:
         pairs = form["task"] == CAUSAL_LM and form["lm_format"] == PAIRS
         return DataRequest(form["task"], form["train_file"], form["text_col"], form["label_col"],
                            form["prompt_col"] if pairs else None, form["eval_percent"], form["eval_file"],
-                           form["ood_file"])
+                           form["ood_file"], form.get("max_examples") or 0)
 
     def check(self, seed, **form) -> str:
         try:
@@ -228,6 +244,10 @@ class FinetuneHandlers:
         if self.jobs.stop(user_id or ""):
             return "Stopping at the next step; the best weights so far are kept and saved."
         return "No run in progress."
+
+    def restore(self, user_id):
+        """On page load: this browser's run as it stands (running, finished or none), drawn at once."""
+        return self.poll(user_id, None, None)
 
     def poll(self, user_id, shown_version, shown_state):
         """Redraw only what changed since the last tick (most ticks change nothing)."""
@@ -288,8 +308,12 @@ def build_tab(shell) -> dict[str, gr.Component]:
             with gr.Row(visible=False) as lm_row:
                 c["lm_format"] = gr.Radio([PLAIN, PAIRS], value=PAIRS, label="Format")
                 c["prompt_col"] = gr.Dropdown(label="Prompt column", allow_custom_value=True)
-            c["eval_percent"] = gr.Slider(2, 50, value=10, step=1, label="Validation split (%)",
-                                          info="stratified by class")
+            with gr.Row():
+                c["eval_percent"] = gr.Slider(2, 50, value=10, step=1, label="Validation split (%)",
+                                              info="stratified by class")
+                c["max_examples"] = gr.Number(0, precision=0, minimum=0, label="Examples to use (0 = all)",
+                                              info="a random sample of the file, for a quick run; the example "
+                                                   "loads with a sample, 0 trains on all of it")
             with gr.Row():
                 c["eval_file"] = gr.File(label="Validation file (optional, replaces the split)", type="filepath")
                 c["ood_file"] = gr.File(label="Out-of-domain evaluation file (optional)", type="filepath")
@@ -338,7 +362,7 @@ def build_tab(shell) -> dict[str, gr.Component]:
         c["train"] = gr.Button("Train", variant="primary")
         c["stop"] = gr.Button("Stop", variant="stop")
     c["message"] = gr.Markdown()
-    c["status"] = gr.HTML(progress_html(None, None))
+    c["status"] = gr.HTML(elem_id="finetune-status")  # filled on page load: a reload finds its run at once
     c["curves"] = gr.Plot(label="Loss curves")
     c["results"] = gr.Markdown()
     with gr.Row():
@@ -354,7 +378,8 @@ def build_tab(shell) -> dict[str, gr.Component]:
             c["private"] = gr.Checkbox(True, label="Private")
             c["push"] = gr.Button("Push to the Hub")
         c["push_msg"] = gr.Markdown()
-    c["user"] = gr.BrowserState("", storage_key="llmpg_finetune_user")
+    c["user"] = gr.BrowserState("", storage_key="llmpg_finetune_user", render=False)  # read on page load
+    shell.page_level.append(c["user"])
     shown_version, shown_state = gr.State(-1), gr.State("")
     c["timer"] = gr.Timer(1.0)
 
@@ -362,11 +387,12 @@ def build_tab(shell) -> dict[str, gr.Component]:
     data_inputs = {name: c[name] for name in DATA_FIELDS}
     c["task"].change(h.task_changed, c["task"], [c["model"], c["text_col"], c["label_col"], lm_row, c["eval_percent"],
                                                  *hyper_inputs], api_name="finetune_task")
-    c["train_file"].change(h.file_changed, c["train_file"],
+    c["train_file"].change(h.file_changed, [c["train_file"], c["task"]],
                            [c["preview"], c["text_col"], c["label_col"], c["prompt_col"], c["lm_format"],
                             c["data_msg"]],
                            api_name="finetune_preview")
-    c["example"].click(h.example, c["task"], c["train_file"], api_name="finetune_example")
+    c["example"].click(h.example, c["task"], [c["train_file"], c["max_examples"]], api_name="finetune_example")
+    c["train_file"].upload(lambda: 0, None, c["max_examples"], api_visibility="private")  # your own file: all of it
     c["check"].click(h.check, inputs_kwargs={"seed": c["seed"], **data_inputs}, outputs=c["data_msg"],
                      api_name="finetune_check")
     c["train"].click(h.train, inputs_kwargs={"user_id": c["user"], "base_model": c["model"], "name": c["name"],
@@ -374,9 +400,11 @@ def build_tab(shell) -> dict[str, gr.Component]:
                      outputs=[c["user"], c["message"]], api_name="finetune_train")
     c["distil"].change(h.distil_changed, [c["distil"], c["task"], c["model"]], c["model"], api_visibility="private")
     c["stop"].click(h.stop, c["user"], c["message"], api_name="finetune_stop")
-    c["timer"].tick(h.poll, [c["user"], shown_version, shown_state],
-                    [c["status"], c["curves"], c["results"], c["report"], c["confusion"], c["model"], shown_version,
-                     shown_state], api_name="finetune_poll", show_progress="hidden")
+    run_outputs = [c["status"], c["curves"], c["results"], c["report"], c["confusion"], c["model"], shown_version,
+                   shown_state]
+    c["timer"].tick(h.poll, [c["user"], shown_version, shown_state], run_outputs, api_name="finetune_poll",
+                    show_progress="hidden")
+    shell.demo.load(h.restore, c["user"], run_outputs, api_visibility="private", show_progress="hidden")
     c["zip"].click(h.download, c["user"], c["zip_file"], api_name="finetune_zip")
     c["push"].click(h.push, [c["user"], c["repo"], c["token"], c["private"]], c["push_msg"], api_name="finetune_push")
     return c

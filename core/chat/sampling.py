@@ -17,6 +17,18 @@ SETTING_RANGES = (("temperature", "Temperature", 0, 5, False), ("top_k", "Top-k"
                   ("top_p", "Top-p", 1e-6, 1, False), ("min_p", "Min-p", 0, 1, False),
                   ("repetition_penalty", "Repetition penalty", 0.5, 5, False),
                   ("max_new_tokens", "Max new tokens", 1, 100_000, True), ("seed", "Seed", -1, 2**63 - 1, True))
+# (low, high) of the Chat page's sliders, narrower than what the engine and the API accept: the page builds its
+# sliders from these, and a lesson link is checked against them, so every value a link sets fits its slider. Max
+# new tokens stops at the server's cap (Settings.max_new_tokens); the seed box takes SETTING_RANGES' seeds.
+SLIDER_RANGES = {"temperature": (0, 2), "top_k": (0, 200), "top_p": (0.05, 1), "min_p": (0, 0.5),
+                 "repetition_penalty": (1, 2)}
+
+
+def control_range(name: str, max_new_tokens: int) -> tuple[str, float, float, bool]:
+    """(label, low, high, whole number) of the Chat page's control for setting `name`, under the server's cap."""
+    label, low, high, integer = next(r[1:] for r in SETTING_RANGES if r[0] == name)
+    low, high = SLIDER_RANGES.get(name, (low, max_new_tokens if name == "max_new_tokens" else high))
+    return label, low, high, integer
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,15 @@ import numpy as np
 import pandas as pd
 
 from core.common.errors import check_number
-from core.common.uploads import MAX_UPLOAD_BYTES, UploadError, read_table, read_text_file, require_columns
+from core.common.uploads import MAX_UPLOAD_BYTES, UploadError, read_table, read_text_file
 
 CONLL_SUFFIXES = (".txt", ".conll", ".iob", ".bio")
 _TAG = re.compile(r"^(O|[BI]-\S+)$")
+# Column names each role is recognised by, best first; an id-like column is never guessed for any role.
+TEXT_NAMES = ("text", "sentence", "review", "comment", "content", "body", "response", "document")
+LABEL_NAMES = ("label", "labels", "sentiment", "class", "category", "target")
+PROMPT_NAMES = ("prompt", "instruction", "question")
+_ID_LIKE = re.compile(r"^(id|idx|index|key|uuid|guid|row|row[ _-]?(id|number)|.*[ _-](id|idx)|unnamed: ?\d+)$", re.I)
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,7 @@ class DataSplit:
     train: Examples
     eval: Examples
     extra_eval: Examples | None = None  # out-of-domain (or held-out test) file
+    sampled_from: int | None = None  # examples in the file, when only a sample of them is used
 
     @property
     def data_hash(self) -> str:
@@ -107,6 +113,9 @@ class DataSplit:
 
     def summary(self) -> str:
         parts = [f"{len(self.train):,} training and {len(self.eval):,} validation examples"]
+        if self.sampled_from is not None:
+            parts[0] += (f" (a sample of the file's {self.sampled_from:,}: set 'Examples to use' to 0 to train on "
+                         "all of them)")
         if self.extra_eval is not None:
             parts.append(f"{len(self.extra_eval):,} out-of-domain examples")
         if isinstance(self.train, LabeledTexts):
@@ -115,6 +124,36 @@ class DataSplit:
         elif isinstance(self.train, TaggedSentences):
             parts.append("tags: " + ", ".join(self.train.tag_set))
         return "; ".join(parts) + "."
+
+
+@dataclass(frozen=True)
+class ColumnGuess:
+    """The columns a file's names suggest for each role; None where nothing fits (the user must pick)."""
+
+    text: str | None
+    label: str | None
+    prompt: str | None
+
+
+def is_id_like(name: str) -> bool:
+    return bool(_ID_LIKE.match(name.strip()))
+
+
+def guess_columns(names: list[str]) -> ColumnGuess:
+    """Columns named like a role first; else the text is the first column left that is not an id, and the label
+    the only one left after that. A file of `id,comment_body` gets comment_body as text and no label."""
+    lowered = {n.lower(): n for n in names}
+
+    def named(wanted: tuple[str, ...]) -> str | None:
+        return next((lowered[w] for w in wanted if w in lowered), None)
+
+    text, label, prompt = named(TEXT_NAMES), named(LABEL_NAMES), named(PROMPT_NAMES)
+    left = [n for n in names if not is_id_like(n) and n not in (text, label, prompt)]
+    if text is None and left:
+        text = left.pop(0)
+    if label is None and len(left) == 1:
+        label = left[0]
+    return ColumnGuess(text, label, prompt)
 
 
 def preview(path: str | Path, rows: int = 8, max_bytes: int = MAX_UPLOAD_BYTES) -> pd.DataFrame:
@@ -155,16 +194,35 @@ def _require_filled(frame: pd.DataFrame, column: str, name: str) -> list[str]:
     return frame[column].astype(str).str.strip().tolist()
 
 
+def require_roles(frame: pd.DataFrame, roles: dict[str, str], name: str) -> None:
+    """Refuse, before anything else is read, a file that lacks a column a role needs: role -> column name."""
+    missing = {role: column for role, column in roles.items() if column not in frame.columns}
+    if missing:
+        which = " or ".join(f"'{column}' (the {role})" for role, column in missing.items())
+        raise UploadError(f"{name} has no column {which}; its columns are "
+                          f"{', '.join(repr(str(c)) for c in frame.columns) or 'none'}. Pick the "
+                          f"{' and '.join(missing)} column{'s' if len(missing) > 1 else ''} in the form, or rename "
+                          "them in the file.")
+    columns = list(roles.values())
+    shared = next((c for c in columns if columns.count(c) > 1), None)
+    if shared is not None:
+        both = " and ".join(role for role, c in roles.items() if c == shared)
+        raise UploadError(f"{name}: the {both} are both the column '{shared}'; pick a different column for each.")
+
+
 def read_labeled(path: str | Path, mapping: ColumnMapping, max_bytes: int = MAX_UPLOAD_BYTES,
                  min_classes: int = 2) -> LabeledTexts:
     name = Path(path).name
     frame = read_table(path, max_bytes)
-    require_columns(frame, [mapping.text, mapping.label], name)
+    require_roles(frame, {"text": mapping.text, "label": mapping.label}, name)
     groups = _require_filled(frame, mapping.group, name) if mapping.group in frame.columns else None
     data = LabeledTexts(_require_filled(frame, mapping.text, name), _require_filled(frame, mapping.label, name), groups)
     if len(data.classes) < min_classes:
         raise UploadError(f"{name}: column '{mapping.label}' has only {len(data.classes)} class "
                           f"({', '.join(data.classes)}); a classifier needs at least two.")
+    if min_classes > 1 and len(data) > 2 and len(data.classes) == len(data):
+        raise UploadError(f"{name}: column '{mapping.label}' has a different value in every row, like an id: a "
+                          "classifier learns labels that many examples share. Pick the column that holds the labels.")
     return data
 
 
@@ -173,9 +231,9 @@ def read_lm(path: str | Path, mapping: ColumnMapping, max_bytes: int = MAX_UPLOA
     name = Path(path).name
     frame = read_table(path, max_bytes, txt_column=mapping.text)
     if mapping.prompt:
-        require_columns(frame, [mapping.prompt, mapping.text], name)
+        require_roles(frame, {"prompt": mapping.prompt, "response": mapping.text}, name)
         return LmTexts(_require_filled(frame, mapping.text, name), _require_filled(frame, mapping.prompt, name))
-    require_columns(frame, [mapping.text], name)
+    require_roles(frame, {"text": mapping.text}, name)
     return LmTexts(_require_filled(frame, mapping.text, name))
 
 
@@ -222,6 +280,21 @@ def read_examples(path: str | Path, task: str, mapping: ColumnMapping, max_bytes
     raise ValueError(f"unknown fine-tuning task {task!r}")
 
 
+def sample(examples: Examples, count: int, seed: int = 42) -> Examples:
+    """`count` examples drawn at random, in file order; stratified by class for labeled texts (a quick run keeps
+    every class in its share)."""
+    from sklearn.model_selection import train_test_split
+
+    if count >= len(examples):
+        return examples
+    rows = np.arange(len(examples))
+    stratify = examples.labels if isinstance(examples, LabeledTexts) else None
+    if stratify is not None and (pd.Series(stratify).value_counts().min() < 2 or count < len(set(stratify))):
+        stratify = None  # too few of some class to stratify: split() names the problem
+    kept, _ = train_test_split(rows, train_size=count, random_state=seed, stratify=stratify)
+    return examples.subset(sorted(kept))
+
+
 def split(examples: Examples, eval_percent: float, seed: int = 42) -> tuple[Examples, Examples]:
     """Random train/validation split; stratified by class for labeled texts so every class is in both."""
     from sklearn.model_selection import train_test_split
@@ -258,9 +331,13 @@ def check_eval_labels(train: Examples, other: Examples, what: str) -> None:
 
 
 def prepare(task: str, train_path: str | Path, mapping: ColumnMapping, eval_percent: float = 10, eval_path=None,
-            extra_eval_path=None, seed: int = 42, max_bytes: int = MAX_UPLOAD_BYTES) -> DataSplit:
-    """Read and validate everything before any training: the training file, then a validation file or split."""
+            extra_eval_path=None, seed: int = 42, max_bytes: int = MAX_UPLOAD_BYTES, max_examples: int = 0) -> DataSplit:
+    """Read and validate everything before any training: the training file (a sample of `max_examples` of it, when
+    that is above 0 and below its size), then a validation file or split."""
     examples = read_examples(train_path, task, mapping, max_bytes)
+    in_file = len(examples)
+    if max_examples:
+        examples = sample(examples, max_examples, seed)
     if eval_path:
         train, evaluation = examples, read_examples(eval_path, task, mapping, max_bytes, evaluation=True)
         check_eval_labels(train, evaluation, "validation")
@@ -269,7 +346,7 @@ def prepare(task: str, train_path: str | Path, mapping: ColumnMapping, eval_perc
     extra = read_examples(extra_eval_path, task, mapping, max_bytes, evaluation=True) if extra_eval_path else None
     if extra is not None:
         check_eval_labels(train, extra, "out-of-domain")
-    return DataSplit(train, evaluation, extra)
+    return DataSplit(train, evaluation, extra, in_file if len(examples) < in_file else None)
 
 
 @dataclass(frozen=True)
@@ -284,10 +361,15 @@ class DataRequest:
     eval_percent: float = 10
     eval_file: str | None = None
     ood_file: str | None = None
+    max_examples: int = 0  # a random sample of this many of the file's examples (0: all), for a quick run
 
     def prepare(self, seed: int = 42) -> DataSplit:
         if not self.train_file:
             raise UploadError("Upload a training file first (or load the example).")
         percent = check_number("Validation split (%)", self.eval_percent, 1, 99)
+        count = check_number("Examples to use", self.max_examples or 0, 0, None, integer=True)
+        if 0 < count < 4:
+            raise UploadError("Examples to use: at least 4 (training and validation both need some), or 0 for all.")
         mapping = ColumnMapping(text=self.text_col or "text", label=self.label_col or "label", prompt=self.prompt_col)
-        return prepare(self.task, self.train_file, mapping, percent, self.eval_file, self.ood_file, seed)
+        return prepare(self.task, self.train_file, mapping, percent, self.eval_file, self.ood_file, seed,
+                       max_examples=count)

@@ -24,6 +24,7 @@ class ProgressSnapshot:
     eval_metrics: tuple[tuple[int, str, float], ...]  # (step, metric, value) of the metric that picks the best model
     loss_terms: tuple[tuple[int, str, float], ...]  # (step, term, value): the parts of a distillation loss
     version: int  # changes whenever anything above does, so a poller can skip redraws
+    first_step: float | None = None  # `elapsed` when the first step ended (it also pays for warming up)
 
     @property
     def fraction(self) -> float:
@@ -31,9 +32,11 @@ class ProgressSnapshot:
 
     @property
     def eta_seconds(self) -> float | None:
-        if not self.step or not self.total_steps:
+        """From the pace of the steps after the first: the first one's warm-up made early ETAs several times too
+        long. None until a second step has ended."""
+        if self.step < 2 or not self.total_steps or self.first_step is None:
             return None
-        return self.elapsed / self.step * (self.total_steps - self.step)
+        return (self.elapsed - self.first_step) / (self.step - 1) * (self.total_steps - self.step)
 
 
 class TrainingProgress:
@@ -44,6 +47,7 @@ class TrainingProgress:
         self._phase, self._step, self._total = "Queued", 0, 0
         self._start: float | None = None
         self._end: float | None = None
+        self._first_step: float | None = None
         self._train: list[tuple[int, float]] = []
         self._eval: list[tuple[int, float]] = []
         self._metrics: list[tuple[int, str, float]] = []
@@ -71,6 +75,8 @@ class TrainingProgress:
 
     def advance(self, step: int) -> None:
         with self._lock:
+            if self._first_step is None and self._start is not None:
+                self._first_step = time.perf_counter() - self._start
             self._step = step
             self._touch()
 
@@ -90,7 +96,7 @@ class TrainingProgress:
         with self._lock:
             elapsed = (self._end or time.perf_counter()) - self._start if self._start else 0.0
             return ProgressSnapshot(self._phase, self._step, self._total, elapsed, tuple(self._train), tuple(self._eval),
-                                    tuple(self._metrics), tuple(self._terms), self._version)
+                                    tuple(self._metrics), tuple(self._terms), self._version, self._first_step)
 
 
 class LiveCallback(TrainerCallback):

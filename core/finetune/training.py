@@ -298,7 +298,7 @@ def _run(spec: FineTuneSpec, store: ModelStore, progress: TrainingProgress, stop
     if isinstance(task, ClassificationTask):
         progress.set_phase("Measuring the out-of-distribution flag's statistics")
         ood_statistics(model, tokenizer, data, task).save(folder)
-    facts = measure(model, tokenizer, task, sets["eval"], encoded["eval"], hyper, "student" if teacher else "model",
+    facts = measure(model, tokenizer, task, sets["eval"], encoded["eval"], hyper, "student" if teacher else card.name,
                     metrics["eval"], trainable, seconds)
     progress.set_phase("Done")
     return FineTuneResult(spec, folder, metrics["eval"], metrics.get("extra"), trainable, total, steps,
