@@ -90,7 +90,8 @@ def test_eight_users_at_once_share_decode_steps_and_one_stop_leaves_the_rest(app
     assert any("batched with" in r[2] for r in results[1:])
 
 
-def test_changing_model_ends_a_running_reply_and_says_so(app_url, tiny_lm_dirs, no_eos):
+def test_changing_model_ends_a_running_reply_and_says_so(app_url, services, tiny_lm_dirs, no_eos):
+    services.chat.serve(str(tiny_lm_dirs["phi3"]))  # built beforehand, so the switch comes while the reply runs
     user = Client(app_url, verbose=False)
     load(user, tiny_lm_dirs["gpt2"])
     job = user.submit(message="Go on", temperature=1.0, max_new_tokens=400, seed=3, api_name="/chat_send")

@@ -14,7 +14,9 @@ from core.models.device import cpu_signature
 from core.models.paths import cache_dir
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp16-weight", "int8-dynamic", "int8-weight")
-CPU_CANDIDATES = ("fp32", "bf16", "fp16-weight", "int8-dynamic", "int8-weight")
+# int8-dynamic is no candidate: it quantizes each input with one scale for the whole batch, so in the shared chat engine
+# a reply would change with whoever else is in the batch (0.14 on a 64-wide layer, measured). Quantize still has it.
+CPU_CANDIDATES = ("fp32", "bf16", "fp16-weight", "int8-weight")
 # A precision must keep the model's next-token predictions and be clearly faster than fp32. On PROBE_TEXT
 # (100 SmolLM2 tokens) fp16-weight keeps 100%, bf16 99%, int8-weight 96%, int8-dynamic only 38%: it quantizes
 # activations too, and SmolLM2 then stops answering "Paris" to "What is the capital of France?".
@@ -153,7 +155,7 @@ def default_precision(device_kind: str) -> str:
 def _arch_key(model: nn.Module) -> str:
     cfg = model.config
     dims = [getattr(cfg, k, None) for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")]
-    return f"v6|{dims}|{cpu_signature()}|torch{torch.__version__}|t{torch.get_num_threads()}"
+    return f"v7|{dims}|{cpu_signature()}|torch{torch.__version__}|t{torch.get_num_threads()}"
 
 
 @torch.no_grad()
