@@ -25,7 +25,7 @@ def wait_for_reply(tab, n: int) -> None:
 
 def test_a_message_typed_while_a_reply_streams_is_sent_when_it_ends(page, screenshot_dir):
     tab = open_tab(page, "chat")
-    set_max_new_tokens(tab, 48)
+    set_max_new_tokens(tab, 120)  # long enough to type the next message while it streams
     box = tab.locator("#chat-message textarea")
     box.fill("Tell me a story about a lighthouse.")
     box.press("Enter")
