@@ -12,3 +12,26 @@ def open_tab(page, name: str):
     panel = page.locator(f"#tab-{name}")
     panel.wait_for(state="visible")
     return panel
+
+
+# Resolves once the element's subtree has had no DOM change for `quiet_ms` (at most `limit_ms`).
+SETTLED_JS = """(element, [quietMs, limitMs]) => new Promise(resolve => {
+  let timer;
+  const done = () => { observer.disconnect(); clearTimeout(limit); resolve(); };
+  const observer = new MutationObserver(() => { clearTimeout(timer); timer = setTimeout(done, quietMs); });
+  observer.observe(element, {subtree: true, childList: true, attributes: true, characterData: true});
+  timer = setTimeout(done, quietMs);
+  const limit = setTimeout(done, limitMs);
+})"""
+
+
+def open_accordion(scope, label: str):
+    """Open a closed gr.Accordion and return its content once gradio has rendered it. Gradio 6 renders a closed
+    accordion's children only after it opens (`render_previously_invisible_children`), a moment later on a busy
+    machine: a value typed before that is replaced by the component's initial one."""
+    button = scope.locator(".label-wrap", has_text=label).first
+    button.click()
+    content = button.locator("xpath=following-sibling::div[@data-testid='accordion-content']")
+    content.wait_for(state="visible")
+    content.element_handle().evaluate(SETTLED_JS, [300, 10_000])
+    return content

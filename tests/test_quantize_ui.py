@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser_helpers import open_tab
+from tests.browser_helpers import open_accordion, open_tab
 from ui.quantize_tab import BUILT_IN, DEFAULT_VARIANTS, OWN_CALIBRATION, UPLOADED_CALIBRATION
 
 
@@ -88,9 +88,9 @@ def test_results_in_the_browser(page, tiny_lm_dirs, screenshot_dir):
     model.press("Enter")
     tab.get_by_role("checkbox", name="fp16:").check()
     tab.get_by_role("checkbox", name="onnx-int4:").uncheck()  # an export: the ONNX tests cover it
-    tab.get_by_text("Measurement settings").click()
+    settings = open_accordion(tab, "Measurement settings")
     for label, value in (("Evaluation tokens", "128"), ("Decode tokens", "4")):
-        box = tab.get_by_label(f"number input for {label}", exact=False)
+        box = settings.get_by_label(f"number input for {label}", exact=False)
         box.fill(value)
         box.press("Enter")
     page.evaluate(WATCH_PROGRESS_JS)
