@@ -62,9 +62,19 @@ def services(tmp_path_factory):
 def default_models(services):
     """The app's start-up preparation (the SmolLM2 chat engine, then the default classifier), run once before the
     first test that uses a real model: built once per machine (cached under LLMPG_HOME), loaded once per session."""
-    from core.common.readiness import Readiness
+    import torch
 
-    report = Readiness(services.startup_stages(("chat", "classify"))).run()
+    from core.common.readiness import Readiness
+    from core.models.device import configure_threads
+
+    # At the app's thread count, whichever module first asks (some run on one thread): runtime choices are measured
+    # and cached per thread count, and a first run on an empty cache must make them once.
+    before = torch.get_num_threads()
+    configure_threads()
+    try:
+        report = Readiness(services.startup_stages(("chat", "classify"))).run()
+    finally:
+        torch.set_num_threads(before)
     assert report.ready, report.as_dict()
     return report
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -295,13 +296,17 @@ def test_chat_shows_a_variants_figures_from_its_comparison_and_never_compares_it
     assert (figures.agreement, figures.perplexity, figures.fp32_perplexity, figures.tokens) == (
         pruned.top1_agreement, pruned.perplexity, fp32.perplexity, comparison.eval_tokens)
     assert comparison.against_fp32("int8-weight", "the test text") is None  # not measured in this run
-    for carried in (figures, None):
-        loaded = register_variant(services.manager, base, "pruned", opts, carried)
-        served = ChatRuntimes(services.manager).serve(loaded.model_id)
+    loaded = register_variant(services.manager, base, "pruned", opts, figures)
+    assert register_variant(services.manager, base, "pruned", opts) is loaded  # the same recipe: no second build
+    # Rebuilt with other options, it is another model under another id: Chat's engine for the first one is not reused
+    other = register_variant(services.manager, base, "pruned", replace(opts, sparsity=0.7))
+    assert other.model_id.startswith(f"{variant_id(base.model_id, 'pruned')} #") and other.model_id != loaded.model_id
+    runtimes = ChatRuntimes(services.manager)
+    carried = Quality(pruned.top1_agreement, pruned.perplexity, fp32.perplexity, carried=figures)
+    for variant, quality in ((loaded, carried), (other, None)):
+        served = runtimes.serve(variant.model_id)
         try:
-            assert served.loaded is loaded
-            assert served.quality == (None if carried is None else
-                                      Quality(pruned.top1_agreement, pruned.perplexity, fp32.perplexity, carried=figures))
+            assert served.loaded is variant and served.quality == quality
         finally:
             served.engine.close()
 

@@ -22,7 +22,7 @@ from core.quantize.metrics import (
     size_quality_figure,
     speed_figure,
 )
-from core.quantize.variants import VARIANTS, CompressionOptions, calibrated, register_variant
+from core.quantize.variants import VARIANTS, CompressionOptions, calibrated, register_variant, variant_id
 from ui.components import HEAVY, STOP, model_picker, progress_callback, stop_run
 
 BUILT_IN, UPLOADED = "Built-in sample (assets/eval_text.txt)", "Uploaded text file"
@@ -156,7 +156,9 @@ class QuantizeHandlers:
         carried = ("with this comparison's agreement and perplexity against fp32" if figures else
                    "without figures against fp32: its settings differ from the last comparison's (compare again to "
                    "measure them)")
-        return f"Loaded **{loaded.model_id}** into the Chat tab, {carried}.", chat, gr.Tabs(selected="chat")
+        renamed = ("" if loaded.model_id == variant_id(base.model_id, variant) else
+                   f" Its options differ from an earlier {variant_id(base.model_id, variant)}, so it has a name of its own.")
+        return f"Loaded **{loaded.model_id}** into the Chat tab, {carried}.{renamed}", chat, gr.Tabs(selected="chat")
 
 
 def build_tab(shell) -> dict[str, gr.Component]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -66,6 +66,7 @@ class LoadedModel:
     precision_measured: dict[str, Measurement] = field(default_factory=dict)  # CPU auto choice: what it was based on
     precision_skipped: dict[str, str] = field(default_factory=dict)  # candidates not measured, and why (memory)
     against_fp32: Fp32Figures | None = None  # an in-memory variant's figures from where it was made
+    recipe: Any = None  # an in-memory model's inputs (base, variant, options): the same recipe makes the same model
 
     @property
     def family(self) -> str:
@@ -134,6 +135,7 @@ class ModelManager:
         self._custom: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         self._locks: dict[Any, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._registered: set[str] = set()  # every id register() has given out, held or evicted since
 
     # ---- resolution -------------------------------------------------------------------
     def resolve(self, model_id: str, progress: Progress | None = None) -> Resolved:
@@ -273,11 +275,23 @@ class ModelManager:
                 self._custom[key] = (value, nbytes)
             return value
 
-    def register(self, loaded: LoadedModel) -> None:
-        """Make an in-memory model (e.g. a quantized variant) loadable by id from every tab."""
+    def register(self, loaded: LoadedModel) -> LoadedModel:
+        """Make an in-memory model (e.g. a quantized variant) loadable by id from every tab; returns it as registered.
+        An id names one model for the server's whole life, since Chat keeps an engine per id: a model registered
+        under an id already given out (a variant rebuilt with other options) gets the next free "#2", "#3"."""
         self._make_room(loaded.nbytes)
         with self._guard:
+            wanted, n = loaded.model_id, 2
+            while loaded.model_id in self._registered:
+                loaded, n = replace(loaded, model_id=f"{wanted} #{n}"), n + 1
+            self._registered.add(loaded.model_id)
             self._cache[(loaded.model_id, loaded.task, "auto", self.device.kind, None)] = loaded
+        return loaded
+
+    def held(self, recipe) -> LoadedModel | None:
+        """The in-memory model made from this recipe, while it is still held."""
+        with self._guard:
+            return next((m for m in self._cache.values() if m.recipe is not None and m.recipe == recipe), None)
 
     def tokenizer(self, model_id: str, progress: Progress | None = None):
         """A model's tokenizer alone (the Tokenizer view), loaded once; models are not loaded for it."""

@@ -467,7 +467,8 @@ def variant_id(model_id: str, name: str) -> str:
 
 def register_variant(manager, base, name: str, opts: CompressionOptions, against_fp32=None):
     """Build a variant of an fp32 LoadedModel and register it with the model manager so every tab can use it, with
-    its figures against fp32 (core.models.manager.Fp32Figures) when a comparison measured this very build."""
+    its figures against fp32 (core.models.manager.Fp32Figures) when a comparison measured this very build. The same
+    variant with the same options again is the model already registered; other options make a new id ("#2")."""
     import time
 
     from core.models.manager import LoadedModel, model_nbytes
@@ -475,10 +476,15 @@ def register_variant(manager, base, name: str, opts: CompressionOptions, against
     if name.startswith("onnx-"):
         raise InputError("The Chat tab already runs this model on ONNX Runtime when an export keeps fp32's quality "
                          "(see the model summary there); pick a PyTorch variant to try it in Chat.")
+    opts = opts if opts.calibration_ids else calibrated(opts, base.tokenizer)
+    recipe = (base.path, base.precision, name, opts)
+    held = manager.held(recipe)
+    if held is not None:
+        held.against_fp32 = against_fp32 or held.against_fp32  # measured on this very recipe
+        return held
     start = time.perf_counter()
-    built = build_variant(name, base.model, opts if opts.calibration_ids else calibrated(opts, base.tokenizer))
+    built = build_variant(name, base.model, opts)
     loaded = LoadedModel(variant_id(base.model_id, name), base.task, "memory", base.path, built.model, base.tokenizer,
                          base.device, name, base.is_chat, time.perf_counter() - start, model_nbytes(built.model),
-                         against_fp32=against_fp32)
-    manager.register(loaded)
-    return loaded
+                         against_fp32=against_fp32, recipe=recipe)
+    return manager.register(loaded)
