@@ -31,6 +31,11 @@ def test_compare_and_load_into_chat_through_the_api(client, tiny_lm_dirs):
                              api_name="/quantize_load_chat")
     message = message[0] if isinstance(message, (list, tuple)) else message
     assert "gpt2 [svd-llm]" in message and "with this comparison's agreement and perplexity" in message
+    # Another cut is another model: it gets a name of its own, and without this comparison's figures
+    message = client.predict(folder, "Language model", "svd-llm", 0.5, 0.3, OWN_CALIBRATION, None,
+                             api_name="/quantize_load_chat")
+    message = message[0] if isinstance(message, (list, tuple)) else message
+    assert "gpt2 [svd-llm] #" in message and "a name of its own" in message and "without figures" in message
 
 
 def test_missing_upload_is_reported(client, tiny_lm_dirs):
