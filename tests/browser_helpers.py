@@ -4,14 +4,13 @@ from __future__ import annotations
 
 def open_tab(page, name: str):
     """Click a top-level tab (ui.app.TABS key) and return a locator scoped to its panel, so labels
-    that recur in other tabs ("Model", "Base model") resolve to this tab's component."""
+    that recur in other tabs ("Model", "Base model") resolve to this tab's component. Gradio renders a tab that was
+    not open when it is first selected, so the panel is returned once that render has settled (see `settled`)."""
     from ui.app import TABS
 
     label = TABS[name][1].split(" ", 1)[1]
     page.get_by_role("tab", name=label).first.click()
-    panel = page.locator(f"#tab-{name}")
-    panel.wait_for(state="visible")
-    return panel
+    return settled(page.locator(f"#tab-{name}"))
 
 
 # Resolves once the element's subtree has had no DOM change for `quiet_ms` (at most `limit_ms`).
@@ -31,7 +30,11 @@ def open_accordion(scope, label: str):
     machine: a value typed before that is replaced by the component's initial one."""
     button = scope.locator(".label-wrap", has_text=label).first
     button.click()
-    content = button.locator("xpath=following-sibling::div[@data-testid='accordion-content']")
-    content.wait_for(state="visible")
-    content.element_handle().evaluate(SETTLED_JS, [300, 10_000])
-    return content
+    return settled(button.locator("xpath=following-sibling::div[@data-testid='accordion-content']"))
+
+
+def settled(locator, quiet_ms: int = 300, limit_ms: int = 10_000):
+    """The locator, once visible and its DOM quiet: a value typed while gradio still renders is lost."""
+    locator.wait_for(state="visible")
+    locator.element_handle().evaluate(SETTLED_JS, [quiet_ms, limit_ms])
+    return locator
