@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -85,7 +86,8 @@ def test_logprobs_seed_and_stop(app_url, tiny_llama):
     assert all(1 <= len(top) <= 3 for top in legacy.choices[0].logprobs.top_logprobs)  # keyed by text: pieces may merge
 
 
-def test_each_error_has_its_status_and_openai_shape(app_url, services, tiny_llama, tiny_lm_dirs, monkeypatch):
+def test_each_error_has_its_status_and_openai_shape(app_url, services, tiny_llama, tiny_lm_dirs, monkeypatch,
+                                                     tmp_path):
     client = api(app_url)
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=tiny_llama, messages=[{"role": "user", "content": "x"}], temperature=9)
@@ -98,7 +100,7 @@ def test_each_error_has_its_status_and_openai_shape(app_url, services, tiny_llam
     with pytest.raises(openai.RateLimitError):
         client.chat.completions.create(model=tiny_llama, messages=[{"role": "user", "content": "x"}], max_tokens=2)
     monkeypatch.undo()
-    slow = str(tiny_lm_dirs["phi"])
+    slow = str(shutil.copytree(tiny_lm_dirs["phi"], tmp_path / "phi"))  # a folder no earlier test has served
     monkeypatch.setattr(type(services), "chat_models", lambda self: {slow: slow})
     original = services.chat._build
     monkeypatch.setattr(services.chat, "_build", lambda *a, **k: (time.sleep(1.5), original(*a, **k))[1])

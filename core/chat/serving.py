@@ -168,7 +168,10 @@ class ChatRuntimes:
             with self._guard:
                 if key in self._served:
                     self._served.move_to_end(key)
-                    return self._served[key]
+                    served = self._served[key]
+                    if served.loaded is not None and served.loaded.source == "memory":  # Quantize may have measured
+                        served.quality = self._torch_quality(served.loaded, served.backend)  # it since: no cost
+                    return served
             report = forward_only(progress or (lambda *_: None))
             served = (self._build(model_id.strip(), trust_remote_code, report) if precision == AUTO
                       else self._build_at(model_id.strip(), trust_remote_code, precision, report))
