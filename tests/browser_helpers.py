@@ -10,7 +10,7 @@ def open_tab(page, name: str):
 
     label = TABS[name][1].split(" ", 1)[1]
     page.get_by_role("tab", name=label).first.click()
-    return settled(page.locator(f"#tab-{name}"))
+    return settled(page.locator(f"#tab-{name}"), limit_ms=5_000)  # a running job never goes quiet
 
 
 # Resolves once the element's subtree has had no DOM change for `quiet_ms` (at most `limit_ms`).

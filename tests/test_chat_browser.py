@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.chat.sampling import SamplingSettings
-from tests.browser_helpers import open_tab
+from tests.browser_helpers import open_accordion, open_tab
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model]
 
@@ -86,6 +86,6 @@ def test_an_empty_system_prompt_names_what_the_template_writes_and_none_sends_no
     page.wait_for_function("() => !document.querySelector('#chat-status').innerText.includes('writes its own') &&"
                            " document.querySelector('#chat-status').innerText.includes('Last reply')",
                            timeout=120_000)
-    tab.get_by_text("Prompt sent to the model").click()
+    open_accordion(tab, "Prompt sent to the model")
     prompt = tab.locator("#chat-prompt textarea").input_value()
     assert "named SmolLM" not in prompt and "Hi" in prompt

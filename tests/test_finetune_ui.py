@@ -10,7 +10,7 @@ import pytest
 
 from core.finetune.tasks import default_hyperparameters
 from core.models.registry import TEXT_CLASSIFICATION
-from tests.browser_helpers import open_tab
+from tests.browser_helpers import open_accordion, open_tab
 
 # Installed before a page's own scripts: notes whether the Fine-tune status ever said there was no run.
 WATCH_NO_RUN = """window.sawNoRun = false;
@@ -175,7 +175,7 @@ def _example_loaded(page, model_folder):
 @pytest.mark.browser
 def test_browser_trains_the_example(page, screenshot_dir, tiny_classifier_dir):
     tab = _example_loaded(page, tiny_classifier_dir)
-    tab.get_by_role("button", name="Hyperparameters").click()
+    open_accordion(tab, "Hyperparameters")
     tab.get_by_label("Epochs").fill("200")  # long enough to be seen running, and reloaded; Stop ends it
     tab.get_by_label("Learning rate").fill("0.001")
     tab.get_by_role("button", name="Train", exact=True).click()
@@ -202,7 +202,7 @@ def test_browser_trains_the_example(page, screenshot_dir, tiny_classifier_dir):
 @pytest.mark.browser
 def test_browser_distils_with_augmentation_and_shows_both_loss_terms(page, screenshot_dir, tiny_classifier_dir):
     tab = _example_loaded(page, tiny_classifier_dir)
-    tab.get_by_role("button", name="Distil a smaller model", exact=False).click()
+    open_accordion(tab, "Distil a smaller model")
     tab.get_by_label("Distil into a smaller student").check()
     tab.get_by_label("Teacher model").first.wait_for(timeout=10_000)  # the picker now names the teacher
     tab.get_by_label("Counterfactual augmentation").check()

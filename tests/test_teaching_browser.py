@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser_helpers import open_tab
+from tests.browser_helpers import open_accordion, open_tab
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model]
 
@@ -66,7 +66,7 @@ def test_clicking_an_alternative_token_branches_the_reply(page, screenshot_dir):
     page.screenshot(path=str(screenshot_dir / "chat_branch.png"), full_page=True)
     tab.locator("#chat-previous").click()
     tab.locator("#chat-version").get_by_text("version 1 of 2").wait_for(timeout=30_000)
-    tab.get_by_role("button", name="Save or restore the conversation").click()
+    open_accordion(tab, "Save or restore the conversation")
     tab.get_by_role("button", name="Export Markdown + JSON").click()
     tab.get_by_text("13.0 KB", exact=False).or_(tab.get_by_text(" KB ⇣", exact=False)).first.wait_for(timeout=30_000)
     assert tab.get_by_text(".md", exact=False).count() >= 1  # both files are offered for download
