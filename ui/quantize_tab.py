@@ -156,8 +156,8 @@ class QuantizeHandlers:
         carried = ("with this comparison's agreement and perplexity against fp32" if figures else
                    "without figures against fp32: its settings differ from the last comparison's (compare again to "
                    "measure them)")
-        renamed = ("" if loaded.model_id == variant_id(base.model_id, variant) else
-                   f" Its options differ from an earlier {variant_id(base.model_id, variant)}, so it has a name of its own.")
+        first = variant_id(base.model_id, variant)  # also an earlier build no longer held: not always other options
+        renamed = "" if loaded.model_id == first else f" {first} was an earlier build, so this one has a name of its own."
         return f"Loaded **{loaded.model_id}** into the Chat tab, {carried}.{renamed}", chat, gr.Tabs(selected="chat")
 
 
